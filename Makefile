@@ -1,0 +1,49 @@
+# Two commands for a new user: `make demo` and `make test`. Both set up everything first
+# (a virtual environment, pinned dependencies, the Rust extension) and are fast the second time.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+VENV := .venv
+BIN := $(VENV)/bin
+DEPS := $(VENV)/.deps-stamp
+NATIVE := $(VENV)/.native-stamp
+RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
+
+.PHONY: setup demo test test-fast lint fmt bench clean
+
+setup: $(NATIVE)
+
+$(DEPS): requirements.lock pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	touch $@
+
+# Editable install: Python sources are used in place; the extension is rebuilt when Rust changes.
+$(NATIVE): $(DEPS) $(RUST_SRC)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release -q
+	touch $@
+
+demo: setup
+	$(BIN)/grao-pipe run -c pipelines/demo.yaml --report-json runs/demo/report.json
+
+test: setup
+	cargo test -q --release
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check python tests benchmarks pipelines
+	$(BIN)/mypy
+	cargo fmt --check
+	cargo clippy -q --release --all-targets --all-features -- -D warnings
+
+fmt: setup
+	$(BIN)/ruff format python tests benchmarks pipelines
+	cargo fmt
+
+bench: setup
+	$(BIN)/python benchmarks/bench_advantages.py
+
+clean:
+	rm -rf $(VENV) target runs

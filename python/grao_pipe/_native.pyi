@@ -1,0 +1,30 @@
+"""Type stub of the Rust extension (rust/src/python.rs)."""
+
+from typing import Any, TypedDict
+
+class ArrowArray:
+    """An Arrow array exported by the extension; ``pyarrow.array(x)`` imports it zero-copy."""
+
+    def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
+
+class AdvantageOutput(TypedDict):
+    advantage: ArrowArray
+    reference_advantage: ArrowArray
+    degenerate: ArrowArray
+    reward_valid: ArrowArray
+    n_rows: int
+    n_groups: int
+    n_degenerate_groups: int
+    n_invalid_rewards: int
+
+def group_advantages(
+    group_ids: Any,
+    rewards: Any,
+    *,
+    mode: str = "reference_in_group",
+    eps: float = 1e-6,
+    std_floor: float = 1e-6,
+    min_valid: int = 2,
+) -> AdvantageOutput: ...
+def pack_bfd(lengths: Any, budget: int) -> tuple[ArrowArray, int]: ...
+def pack_groups_bfd(lengths: Any, group_ids: Any, budget: int) -> tuple[ArrowArray, int]: ...

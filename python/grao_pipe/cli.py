@@ -1,0 +1,167 @@
+"""``grao-pipe``: a thin CLI. Parse, load the typed config, call the stage, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+
+from grao_pipe import __version__
+from grao_pipe.errors import GraoError
+
+if TYPE_CHECKING:
+    from grao_pipe.stages.common import Outcome
+
+console = Console(stderr=True, soft_wrap=True)
+# The report goes to stdout; a fixed width keeps it readable when piped to a log.
+report_console = Console(width=160)
+
+EXIT_OK = 0
+
+_config_opt = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                           help="YAML config (see pipelines/demo.yaml).")
+_overrides = click.argument("overrides", nargs=-1)
+_force = click.option("--force", is_flag=True, help="Redo the stage even if its output is cached.")
+_round = click.option("--round", "round_", type=int, default=1, show_default=True,
+                      help="Which round (rounds > 1 sample from the previous round's model).")
+
+
+def _load(config_path: str | None, overrides: tuple[str, ...]):
+    from grao_pipe.config import load_config
+
+    return load_config(config_path, overrides)
+
+
+def _guard(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except GraoError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+
+
+def _say(o: Outcome) -> None:
+    where = f"{o.ref.stage} round {o.ref.round} ({o.ref.key[:16]})"
+    if o.manifest is None:
+        console.print(f"{where}: {'; '.join(o.notes)}", markup=False)
+        return
+    rows = o.manifest.data["rows"]
+    state = "cached, nothing to do" if o.cached else f"done in {o.seconds:.1f}s"
+    console.print(f"{where}: {state} ({rows} rows at {o.ref.directory})", markup=False)
+    st = o.manifest.data["stats"]
+    if o.ref.stage == "generate" and not o.cached:
+        console.print(
+            f"  {st['prompts']} prompts, {st['samples']} samples; response tokens mean "
+            f"{st['mean_response_tokens']:.1f}, max {st['max_response_tokens']}; truncated responses "
+            f"{st['truncated_responses']}; prompts skipped (too long) {st['prompts_skipped_overlong']}, "
+            f"truncated {st['prompts_truncated']}; rows quarantined {st['quarantined_rows']}", markup=False)
+
+
+def _parse_part(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 1)
+    k, sep, n = value.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 0 <= int(k) < int(n):
+        raise click.BadParameter(f"{value!r} is not k/N with 0 <= k < N (example: --shard 0/4)")
+    return int(k), int(n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="grao-pipe")
+def main() -> None:
+    """Offline GRAO alignment: generate -> score -> train, each stage cached and re-runnable.
+
+    Every verb takes -c CONFIG and key=value overrides (e.g. train.lr=1e-5).
+    """
+
+
+@main.command("generate")
+@_config_opt
+@_round
+@_force
+@click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k.")
+@_overrides
+def generate_cmd(config_path: str | None, round_: int, force: bool, part: str | None, overrides: tuple[str, ...]) -> None:
+    """Sample G responses per prompt into Parquet shards."""
+    k_n = _parse_part(part)
+
+    def go() -> None:
+        from grao_pipe.stages import generate
+
+        _say(generate.run(_load(config_path, overrides), round_, force, part=k_n))
+
+    _guard(go)
+
+
+def _stage_command(name: str, doc: str) -> None:
+    @main.command(name, help=doc)
+    @_config_opt
+    @_round
+    @_force
+    @_overrides
+    def cmd(config_path: str | None, round_: int, force: bool, overrides: tuple[str, ...]) -> None:
+        def go() -> None:
+            from grao_pipe.stages.run import STAGE_RUNNERS
+
+            _say(STAGE_RUNNERS[name](_load(config_path, overrides), round_, force))
+
+        _guard(go)
+
+
+_stage_command("score", "Score samples against the references and compute group advantages.")
+_stage_command("train", "Train the policy on score's shards (torchrun, FSDP2).")
+
+
+@main.command("run")
+@_config_opt
+@_force
+@click.option("--report-json", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@_overrides
+def run_cmd(config_path: str | None, force: bool, report_json: str | None, overrides: tuple[str, ...]) -> None:
+    """Run every stage of every round (run.rounds), skipping what is cached, then report."""
+
+    def go() -> None:
+        from grao_pipe.report import print_report
+        from grao_pipe.stages.run import run
+
+        cfg = _load(config_path, overrides)
+        t0 = time.perf_counter()
+        outcomes = run(cfg, force=force, on_outcome=_say)
+        summary = print_report(outcomes, report_console)
+        console.print(f"total {time.perf_counter() - t0:.1f}s")
+        if report_json:
+            with open(report_json, "w") as f:
+                json.dump(summary, f, indent=2)
+
+    _guard(go)
+
+
+@main.command("status")
+@_config_opt
+@_overrides
+def status_cmd(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Show, for each round and stage, whether its output is done, partial, stale or missing."""
+
+    def go() -> None:
+        from rich.table import Table
+
+        from grao_pipe.stages.status import status
+
+        cfg = _load(config_path, overrides)
+        table = Table(title=f"{cfg.name} in {cfg.workdir}")
+        for col in ("round", "stage", "state", "key", "detail"):
+            table.add_column(col)
+        for s in status(cfg):
+            table.add_row(str(s.round), s.stage, s.state, s.key or "-", s.detail)
+        report_console.print(table)
+
+    _guard(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Typed, frozen pipeline config: YAML file + ``key=value`` overrides.
+
+Every section rejects unknown keys, so a misspelt key fails loudly with its dotted name.
+Relative paths (``workdir``, ``data.prompts``, ``model.path``) resolve against the current
+working directory, like every other path a CLI user types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from grao_pipe.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelConfig(_Section):
+    """The embedded default: a Qwen2-architecture causal LM built from this config, no download."""
+
+    hidden_size: int = Field(64, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    max_position_embeddings: int = Field(128, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    # A Hugging Face model directory. ``None`` builds the embedded tiny model (cached in workdir).
+    path: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    # A prompt file (.jsonl, .jsonl.gz, .parquet) or ``builtin:arith`` for the bundled task.
+    prompts: str = "builtin:arith"
+    # ``generic``: one row per prompt with prompt/messages and reference columns;
+    # ``hh``: Anthropic HH-RLHF rows (``chosen``/``rejected`` transcripts); ``auto`` detects.
+    format: Literal["auto", "generic", "hh"] = "auto"
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    reference_field: str = "reference"
+    rejected_field: str = "rejected"
+    limit: int | None = Field(None, gt=0)
+
+
+class GenerateConfig(_Section):
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    # openai: the server's base URL and the model name it serves; token ids are computed with
+    # the local tokenizer of ``model.path`` (or the embedded model).
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(16, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    # vllm
+    tensor_parallel_size: int = Field(1, gt=0)
+    # Prompts longer than this many tokens (default: the model's context minus max_new_tokens)
+    # are truncated from the left or skipped, and counted.
+    max_prompt_tokens: int | None = Field(None, gt=0)
+    overlong_prompt: Literal["truncate", "skip"] = "skip"
+    num_samples: int = Field(8, ge=1, description="G, samples per prompt")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(2048, gt=0)
+    batch_size: int = Field(16, gt=0, description="prompts per generate() call")
+    prompts_per_shard: int = Field(256, gt=0)
+    seed: int = 0
+
+
+class AdvantageConfig(_Section):
+    mode: Literal["reference_in_group", "samples_only", "leave_one_out", "rank"] = (
+        "reference_in_group"
+    )
+    eps: float = Field(1e-6, ge=0)
+    std_floor: float = Field(1e-6, ge=0)
+    min_valid: int = Field(2, ge=1)
+    degenerate: Literal["zero", "drop"] = "zero"
+
+
+class FunctionScorer(_Section):
+    """A Python function ``module:function``, ``fn(prompt, response, reference) -> float`` = R(o, y)."""
+
+    kind: Literal["function"] = "function"
+    name: str = "score"
+    weight: float = 1.0
+    function: str = "grao_pipe.tasks.arith:score"
+
+
+class JudgeScorer(_Section):
+    """Comparative LLM judge (design §5): is the response better than the reference?"""
+
+    kind: Literal["judge"] = "judge"
+    name: str = "judge"
+    weight: float = 1.0
+    backend: Literal["openai", "hf"] = "openai"
+    model: str = Field(description="model name at the endpoint, or a local HF directory for 'hf'")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    api_key_env: str = "OPENAI_API_KEY"
+    criterion: str = Field("helpful", description="'helpful', 'harmless', or free text")
+    template: str | None = Field(None, description="a template file replacing the bundled one")
+    both_orders: bool = False
+    max_tokens: int = Field(16, gt=0)
+    concurrency: int = Field(8, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+
+
+class RewardModelScorer(_Section):
+    """Scalar reward model (sequence classification): R(o, y) = r(q, o) - r(q, y)."""
+
+    kind: Literal["reward_model"] = "reward_model"
+    name: str = "rm"
+    weight: float = 1.0
+    path: str
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(2048, gt=0)
+    squash: Literal["none", "tanh"] = "none"
+
+
+ScorerConfig = Annotated[FunctionScorer | JudgeScorer | RewardModelScorer, Field(discriminator="kind")]
+
+
+class ScoreConfig(_Section):
+    # R(o, y) = Σ_k weight_k · R_k(o, y); a row is invalid if any scorer's value is.
+    scorers: tuple[ScorerConfig, ...] = (FunctionScorer(),)
+    advantage: AdvantageConfig = AdvantageConfig()
+    # Per-token log-probs of responses and references under a frozen reference model, for the
+    # DPO and GRPO-with-KL baselines (so the learner holds a single model). Default model: the
+    # round-1 policy (model.path, or the embedded model).
+    reference_logprobs: bool = False
+    reference_model: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ScoreConfig:
+        names = [s.name for s in self.scorers]
+        if not names:
+            raise ValueError("score.scorers: at least one scorer is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"score.scorers: names must be unique, got {names}")
+        return self
+
+
+class TrainConfig(_Section):
+    objective: Literal["grao", "sft", "dpo", "grpo"] = "grao"
+    beta: float = 0.5  # GRAO β (imitation)
+    lam: float = 0.6  # GRAO λ (alignment regulariser)
+    dpo_beta: float = Field(0.1, gt=0)
+    grpo_clip: float | None = Field(0.2, gt=0, description="ratio clip ε vs behaviour log-probs; null: none")
+    grpo_kl: float = Field(0.0, ge=0, description="KL coefficient to the reference model (needs ref log-probs)")
+    # Beyond the paper, opt-in: truncated importance weights vs the behaviour policy (GRAO).
+    importance_weights: bool = False
+    importance_cap: float = Field(2.0, gt=0)
+    max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
+    overlong: Literal["truncate", "skip"] = "truncate"
+    activation_checkpointing: bool = False
+    checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    groups_per_step: int = Field(64, gt=0, description="prompts (groups) per optimizer step")
+    epochs: int = Field(1, gt=0)
+    nproc: int = Field(2, gt=0, description="torchrun processes on this node")
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    # ``grao-pipe run`` repeats generate -> score -> train, each round sampling from the last
+    # round's checkpoint.
+    rounds: int = Field(1, gt=0)
+
+
+class PipelineConfig(_Section):
+    name: str = "grao"
+    workdir: str = "runs/default"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    generate: GenerateConfig = GenerateConfig()
+    score: ScoreConfig = ScoreConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value (example: train.lr=1e-5)")
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}' (check the spelling; see pipelines/demo.yaml)"
+    return f"{source}: config key '{key}': {first['msg']}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML config and apply ``key=value`` overrides; raise ConfigError naming the key."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    for item in overrides:
+        _apply_override(tree, item)
+    if overrides:
+        source += " + overrides"
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None

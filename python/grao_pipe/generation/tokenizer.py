@@ -1,0 +1,45 @@
+"""The policy's tokenizer: renders prompts (chat template) and tokenizes, for every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grao_pipe.errors import InputError
+from grao_pipe.prompts import Prompt
+
+
+class PolicyTokenizer:
+    def __init__(self, model_dir: Path | str, trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+
+        from grao_pipe._quiet import quiet_transformers
+
+        quiet_transformers()
+        if not (Path(model_dir) / "config.json").is_file():
+            raise InputError(f"model path {model_dir} is not a Hugging Face model directory (no config.json)")
+        self.tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.eos_id: int = self.tok.eos_token_id
+        self.pad_id: int = self.tok.pad_token_id
+        cfg_path = Path(model_dir) / "config.json"
+        import json
+
+        self.context = int(json.loads(cfg_path.read_text()).get("max_position_embeddings", 1 << 30))
+
+    def render(self, prompt: Prompt) -> str:
+        if prompt.messages is not None:
+            msgs = [{"role": r, "content": c} for r, c in prompt.messages]
+            if self.tok.chat_template:
+                return str(self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+            return "".join(f"{r}: {c}\n" for r, c in prompt.messages) + "assistant: "
+        return prompt.text or ""
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tok.decode(ids, skip_special_tokens=True))
+
+    def reference_ids(self, reference: str) -> list[int]:
+        return [*self.encode(reference), self.eos_id]

@@ -1,0 +1,1 @@
+"""The torch FSDP2 learner, run under torchrun (one process per device)."""

@@ -1,0 +1,141 @@
+"""Groups from score shards, and padded batches of (prompt + continuation) sequences.
+
+Each group becomes G sample sequences plus one reference sequence. Per-token side inputs
+(behaviour and reference-model log-probs) are aligned with the shifted targets, so a loss can
+read ``x_NT[n, t]`` for the token predicted at position t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+import torch
+
+from grao_pipe.store import read_shard
+
+COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
+           "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",
+           "ref_reference_logprobs"]
+
+
+@dataclass
+class Group:
+    group_id: str
+    prompt: list[int]
+    reference: list[int]
+    reference_advantage: float
+    ref_reference: list[float] | None
+    responses: list[list[int]] = field(default_factory=list)
+    advantages: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    behaviour: list[list[float] | None] = field(default_factory=list)
+    ref: list[list[float] | None] = field(default_factory=list)
+
+
+@dataclass
+class LoadStats:
+    rows: int = 0
+    truncated: int = 0  # sequences cut to max_seq_len
+    skipped: int = 0  # samples (or whole groups, for an over-long reference) left out
+
+
+def _fit(prompt_len: int, cont: list, max_len: int | None, mode: str) -> list | None:
+    """The continuation cut to fit max_len (None: skip it)."""
+    if max_len is None or prompt_len + len(cont) <= max_len:
+        return cont
+    if mode == "skip" or prompt_len >= max_len:
+        return None
+    return cont[: max_len - prompt_len]
+
+
+def load_groups(shards: list[tuple[Path, str]], max_seq_len: int | None = None,
+                overlong: str = "truncate") -> tuple[list[Group], LoadStats]:
+    """Kept rows of score shards, grouped, in file order (deterministic)."""
+    groups: list[Group] = []
+    stats = LoadStats()
+    for path, sha in shards:
+        table = read_shard(path, "score", sha).select(COLUMNS).filter(pc.field("keep"))
+        cur: Group | None = None
+        skip_group = None
+        for row in table.to_pylist():
+            stats.rows += 1
+            gid, plen = row["group_id"], len(row["prompt_token_ids"])
+            if gid == skip_group:
+                stats.skipped += 1
+                continue
+            if cur is None or cur.group_id != gid:
+                ref = _fit(plen, row["reference_token_ids"], max_seq_len, overlong)
+                if ref is None:
+                    skip_group, cur = gid, None
+                    stats.skipped += 1
+                    continue
+                stats.truncated += ref is not row["reference_token_ids"]
+                ref_lp = row["ref_reference_logprobs"]
+                cur = Group(gid, row["prompt_token_ids"], ref, row["reference_advantage"],
+                            ref_lp[: len(ref)] if ref_lp is not None else None)
+                groups.append(cur)
+            resp = _fit(plen, row["response_token_ids"], max_seq_len, overlong)
+            if resp is None:
+                stats.skipped += 1
+                continue
+            stats.truncated += resp is not row["response_token_ids"]
+            cur.responses.append(resp)
+            cur.advantages.append(row["advantage"])
+            cur.rewards.append(row["reward"])
+            b, r = row["behaviour_logprobs"], row["ref_logprobs"]
+            cur.behaviour.append(b[: len(resp)] if b is not None else None)
+            cur.ref.append(r[: len(resp)] if r is not None else None)
+    return [g for g in groups if g.responses], stats
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids_NT: torch.Tensor
+    attention_mask_NT: torch.Tensor
+    loss_mask_NT: torch.Tensor  # over targets (shifted by one): 1 on continuation tokens
+    behaviour_NT: torch.Tensor  # behaviour log-prob of each target token (0 where unknown)
+    ref_NT: torch.Tensor  # reference-model log-prob of each target token (0 where unknown)
+    adv_BG: torch.Tensor
+    reward_BG: torch.Tensor
+    ref_adv_B: torch.Tensor
+    mask_BG: torch.Tensor
+    n_samples: int  # first B*G sequences are samples (row-major), the last B are references
+    real_tokens: int
+    padded_tokens: int
+
+
+def collate(groups: list[Group], pad_id: int) -> Batch:
+    """Right-padded batch: for each group its G samples, then all references at the end."""
+    b = len(groups)
+    g = max(len(x.responses) for x in groups)
+    seqs: list[tuple[list[int], int, list[float] | None, list[float] | None]] = []
+    mask_BG, adv_BG, reward_BG = torch.zeros(b, g), torch.zeros(b, g), torch.zeros(b, g)
+    for i, grp in enumerate(groups):
+        for j in range(g):
+            if j < len(grp.responses):
+                seqs.append((grp.prompt + grp.responses[j], len(grp.prompt), grp.behaviour[j], grp.ref[j]))
+                mask_BG[i, j] = 1.0
+                adv_BG[i, j] = grp.advantages[j]
+                reward_BG[i, j] = grp.rewards[j] if grp.rewards[j] is not None else 0.0
+            else:  # pad slot: a 1-token dummy, masked out of every term
+                seqs.append((grp.prompt[:1] or [pad_id], 1, None, None))
+    for grp in groups:
+        seqs.append((grp.prompt + grp.reference, len(grp.prompt), None, grp.ref_reference))
+    t = max(len(s) for s, *_ in seqs)
+    n = len(seqs)
+    ids = torch.full((n, t), pad_id, dtype=torch.long)
+    attn = torch.zeros(n, t, dtype=torch.long)
+    loss_mask, behaviour, ref = torch.zeros(n, t - 1), torch.zeros(n, t - 1), torch.zeros(n, t - 1)
+    for k, (s, p, beh, rf) in enumerate(seqs):
+        ids[k, : len(s)] = torch.tensor(s)
+        attn[k, : len(s)] = 1
+        loss_mask[k, p - 1 : len(s) - 1] = 1.0  # targets s[p:], predicted from positions p-1..
+        if beh is not None:
+            behaviour[k, p - 1 : p - 1 + len(beh)] = torch.tensor(beh)
+        if rf is not None:
+            ref[k, p - 1 : p - 1 + len(rf)] = torch.tensor(rf)
+    real = int(attn.sum())
+    return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
+                 torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t)

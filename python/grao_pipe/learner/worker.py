@@ -1,0 +1,215 @@
+"""Learner entry point, one process per device: ``torchrun ... -m grao_pipe.learner.worker SPEC``.
+
+SPEC is a JSON file written by ``grao_pipe.stages.train``: score shards (with checksums), the
+initial model directory, the train config section and the output directory. Rank 0 appends one
+line per optimizer step to ``metrics.jsonl`` and writes the Hugging Face export ``model/``.
+With ``train.checkpoint_every`` the run saves sharded checkpoints and, when restarted after a
+crash, resumes from the latest one exactly (same data order, same optimizer state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from grao_pipe import losses
+from grao_pipe.config import TrainConfig
+from grao_pipe.learner import checkpoint
+from grao_pipe.learner.data import Batch, Group, collate, load_groups
+from grao_pipe.learner.fsdp import shard_model
+
+# bf16 dense peak FLOP/s used for MFU, by device name substring.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    ids = batch.input_ids_NT.to(device)
+    logits = model(input_ids=ids, attention_mask=batch.attention_mask_NT.to(device)).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logps.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's advantages: (R_i − μ)/(σ + ε) over each group's samples only."""
+    n = mask_BG.sum(-1, keepdim=True).clamp(min=1)
+    mu = (reward_BG * mask_BG).sum(-1, keepdim=True) / n
+    sigma = (((reward_BG - mu) ** 2 * mask_BG).sum(-1, keepdim=True) / n).sqrt()
+    return (reward_BG - mu) / (sigma + eps) * mask_BG
+
+
+def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: torch.device
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Per-group loss [B], its terms, and diagnostics, for one rank's share of a step."""
+    tok_NT = _token_logps(model, batch, device)
+    mask_NT = batch.loss_mask_NT.to(device)
+    b, g = batch.mask_BG.shape
+    ns = b * g
+    mask_BG = batch.mask_BG.to(device)
+    behaviour_NT = batch.behaviour_NT.to(device)
+    diag: dict[str, float] = {}
+    if cfg.importance_weights or cfg.objective in ("grao", "grpo"):
+        diag["staleness_kl"] = float(losses.staleness_kl(tok_NT[:ns], behaviour_NT[:ns], mask_NT[:ns]))
+    if cfg.objective == "grpo":
+        adv_N = _samples_only_advantages(batch.reward_BG.to(device), mask_BG).reshape(-1)
+        group_of_N = torch.arange(b, device=device).repeat_interleave(g)
+        keep = mask_BG.reshape(-1) > 0
+        ref_NT = batch.ref_NT.to(device)[:ns][keep] if cfg.grpo_kl > 0 else None
+        loss_B, terms = losses.grpo_loss(tok_NT[:ns][keep], behaviour_NT[:ns][keep], ref_NT, adv_N[keep],
+                                         mask_NT[:ns][keep], group_of_N[keep], b, cfg.grpo_clip, cfg.grpo_kl)
+        return loss_B, terms, diag
+    j_N = losses.sequence_mean_logps(tok_NT, mask_NT)
+    j_exp_BG, j_im_B = j_N[:ns].view(b, g), j_N[ns:]
+    if cfg.objective == "sft":
+        loss_B, terms = losses.sft_loss(j_im_B)
+        return loss_B, terms, diag
+    if cfg.objective == "dpo":
+        sum_N = (tok_NT * mask_NT).sum(-1)
+        ref_sum_N = (batch.ref_NT.to(device) * mask_NT).sum(-1)
+        # Rejected = the group's worst sample (lowest reward; the first on ties).
+        worst_B = (batch.reward_BG.to(device) + (1 - mask_BG) * 1e9).argmin(-1)
+        rows = torch.arange(b, device=device) * g + worst_B
+        loss_B, terms = losses.dpo_loss(sum_N[ns:], sum_N[rows], ref_sum_N[ns:], ref_sum_N[rows], cfg.dpo_beta)
+        return loss_B, terms, diag
+    weight_BG = None
+    if cfg.importance_weights:
+        sum_N = (tok_NT[:ns] * mask_NT[:ns]).sum(-1)
+        beh_N = (behaviour_NT[:ns] * mask_NT[:ns]).sum(-1)
+        weight_BG = losses.truncated_importance_weights(sum_N, beh_N, cfg.importance_cap).view(b, g)
+        diag["importance_weight_mean"] = float((weight_BG * mask_BG).sum() / mask_BG.sum().clamp(min=1))
+    loss_B, terms = losses.grao_loss(j_exp_BG, j_im_B, batch.adv_BG.to(device), batch.ref_adv_B.to(device),
+                                     mask_BG, beta=cfg.beta, lam=cfg.lam, weight_BG=weight_BG)
+    return loss_B, terms, diag
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = TrainConfig.model_validate(spec["train"])
+    out = Path(spec["output_dir"])
+    use_cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grao_pipe._quiet import quiet_transformers
+
+    quiet_transformers()
+    model_dir = spec["model_dir"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device)  # type: ignore[arg-type]
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n_params = _n_params(model)
+    shard_model(model, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+
+    groups, load_stats = load_groups([(Path(p), sha) for p, sha in spec["shards"]], cfg.max_seq_len, cfg.overlong)
+    step_size = min(cfg.groups_per_step, len(groups))
+    if step_size < world:
+        raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
+    steps_per_epoch = len(groups) // step_size
+    total_steps = steps_per_epoch * cfg.epochs
+    metrics_path = out / "metrics.jsonl"
+    ckpt_root = out / "checkpoints"
+    ckpt_root.mkdir(exist_ok=True)
+
+    start = 0
+    last = checkpoint.latest(ckpt_root)
+    if last is not None:
+        extra = checkpoint.load(last, model, opt, {"step": 0, "spec_digest": ""})
+        if extra["spec_digest"] != spec["spec_digest"]:
+            raise SystemExit(f"train: refusing to resume from {last}: it was written for other data or another "
+                             "model (spec digest differs); delete the checkpoint directory to start over")
+        start = int(extra["step"])
+        sched.last_epoch = start - 1
+        sched.step()  # restore the LR of step `start`
+        if rank == 0 and metrics_path.exists():  # drop lines logged after the checkpoint
+            kept = metrics_path.read_text().splitlines()[:start]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif rank == 0:
+        metrics_path.unlink(missing_ok=True)
+
+    peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
+    fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
+    for step in range(start, total_steps):
+        epoch, s = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        t0 = time.perf_counter()
+        idx = order[s * step_size : (s + 1) * step_size].tolist()
+        mine: list[Group] = [groups[i] for i in idx[rank::world]]
+        batch = collate(mine, pad_id)
+        loss_B, terms, diag = step_loss(model, batch, cfg, device)
+        # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
+        (loss_B.sum() * world / step_size).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        names = sorted(terms)
+        red = torch.tensor([float(loss_B.sum()), *[float(terms[k].sum()) for k in names],
+                            float(batch.real_tokens), float(batch.padded_tokens),
+                            *[diag[k] / world for k in sorted(diag)]], device=device)
+        dist.all_reduce(red)
+        if use_cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if rank == 0:
+            vals = red.tolist()
+            nt = len(names)
+            real, padded = vals[1 + nt], vals[2 + nt]
+            rec: dict[str, Any] = {
+                "step": step, "epoch": epoch, "loss": vals[0] / step_size,
+                **{f"loss_{k}": v / step_size for k, v in zip(names, vals[1 : 1 + nt], strict=True)},
+                **dict(zip(sorted(diag), vals[3 + nt :], strict=True)),
+                "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                "lr": sched.get_last_lr()[0], "groups": step_size, "real_tokens": int(real),
+                "padding_fraction": 1 - real / max(padded, 1), "tokens_per_s": real / dt,
+                # 6·N·tokens training FLOPs (attention excluded) over the peak of all devices.
+                "mfu": 6 * n_params * real / dt / (peak * world) if peak else None,
+            }
+            if not all(math.isfinite(v) for v in vals):
+                raise FloatingPointError(f"non-finite loss at step {step}: {rec}")
+            with open(metrics_path, "a") as f:  # appended per step: a crash keeps what was logged
+                f.write(json.dumps(rec) + "\n")
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+            checkpoint.save(ckpt_root, done, model, opt, {"step": done, "spec_digest": spec["spec_digest"]})
+        if done == fail_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    checkpoint.save(ckpt_root, total_steps, model, opt, {"step": total_steps, "spec_digest": spec["spec_digest"]})
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        export.load_state_dict(full)
+        export.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        (out / "load_stats.json").write_text(json.dumps(vars(load_stats)))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

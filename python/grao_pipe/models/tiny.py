@@ -1,0 +1,73 @@
+"""The embedded default model: a tiny Qwen2-architecture causal LM with a locally trained
+tokenizer. Built from config and a corpus, cached by content, never downloaded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from grao_pipe.config import TinyModelConfig
+from grao_pipe.store import digest
+
+EOS = "<|endoftext|>"
+UNK = "<unk>"
+TOKENIZER_VOCAB = 128
+# A minimal role-prefixed chat template, so chat-format prompts and OpenAI-compatible servers
+# (which apply the tokenizer's template) work with the tiny model too.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def _train_tokenizer(corpus: Iterable[str]):  # -> PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    # Digits split one by one (as Qwen2 does); whitespace kept as tokens so decode is lossless.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d|\s+|[^\d\s]+"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=[EOS, UNK], show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, unk_token=UNK)
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) -> Path:
+    """Return the directory of the tiny model for (cfg, corpus), building it once."""
+    key = digest({"tiny": cfg.model_dump(), "corpus": corpus, "v": 2})[:16]
+    out = cache_root / f"tiny-qwen2-{key}"
+    if (out / "config.json").is_file():
+        return out
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from grao_pipe._quiet import quiet_transformers
+
+    quiet_transformers()
+
+    tokenizer = _train_tokenizer(corpus)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(config)
+    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out)  # atomic: a half-built model directory is never visible
+    return out

@@ -1,0 +1,1 @@
+"""The pipeline's stages. Each module exposes ``run(cfg, round_, force) -> Outcome``."""

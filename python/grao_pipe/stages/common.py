@@ -1,0 +1,146 @@
+"""Where each stage's output lives, and its cache key.
+
+Cache key of a stage = hash(stage code version, the stage's own config section, the
+fingerprints of its inputs, the model digest). The output directory is
+``<workdir>/<stage>/<key[:16]>``: a changed key gives a new version beside the old one, never
+a silent overwrite, and every stage downstream gets a new key too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from grao_pipe.config import PipelineConfig
+from grao_pipe.errors import StageNotReady
+from grao_pipe.models import policy_digest
+from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
+from grao_pipe.store import Manifest, clean_temporaries, digest, read_manifest
+
+# Bump when a stage's output for the same inputs and config changes meaning.
+CODE_VERSIONS = {"generate": 1, "score": 1, "train": 1}
+STAGES = ("generate", "score", "train")
+# Where and how fast a server is reached does not change what is sampled: not in the cache key.
+OPERATIONAL_GENERATE_KEYS = {"base_url", "api_key_env", "concurrency", "timeout_s", "max_retries"}
+
+
+@dataclass(frozen=True)
+class StageRef:
+    stage: str
+    round: int
+    key: str
+    directory: Path
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+
+    @property
+    def slot(self) -> str:
+        return f"round-{self.round}/{self.stage}"
+
+    def manifest(self) -> Manifest | None:
+        return read_manifest(self.directory)
+
+
+@dataclass
+class Outcome:
+    ref: StageRef
+    cached: bool
+    manifest: Manifest | None  # None: this worker's part is done, other parts are missing
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _make_ref(cfg: PipelineConfig, stage: str, round_: int, section: dict[str, Any], inputs: dict[str, Any]) -> StageRef:
+    # Keys starting with "_" are informational (local paths) and do not enter the cache key.
+    hashed = {k: v for k, v in inputs.items() if not k.startswith("_")}
+    key = digest({"stage": stage, "code": CODE_VERSIONS[stage], "config": section, "inputs": hashed})
+    return StageRef(stage, round_, key, Path(cfg.workdir) / stage / key[:16], section, inputs)
+
+
+@cache
+def _digest_of(model_dir: str) -> str:
+    return policy_digest(model_dir)
+
+
+def base_model_dir(cfg: PipelineConfig) -> Path:
+    if cfg.model.path is not None:
+        return Path(cfg.model.path)
+    from grao_pipe.models.tiny import build_tiny_model
+
+    prompts = load_prompts(cfg.data)
+    corpus = [t for p in prompts for t in (p.text or "", p.reference)]
+    return build_tiny_model(cfg.model.tiny, corpus, Path(cfg.workdir) / "models")
+
+
+def model_for_round(cfg: PipelineConfig, round_: int) -> Path:
+    """Round 1 samples from the configured model; round r from round r-1's trained export."""
+    if round_ == 1:
+        return base_model_dir(cfg)
+    prev = train_ref(cfg, round_ - 1)
+    if prev.manifest() is None:
+        raise StageNotReady(f"round {round_} samples from round {round_ - 1}'s model; run train for round {round_ - 1} first")
+    return prev.directory / "model"
+
+
+def require(ref: StageRef, consumer: str) -> Manifest:
+    m = ref.manifest()
+    if m is None:
+        raise StageNotReady(
+            f"{consumer} (round {ref.round}) reads the output of {ref.stage}, which has not finished "
+            f"at {ref.directory}; run 'grao-pipe {ref.stage}' first"
+        )
+    return m
+
+
+def generate_ref(cfg: PipelineConfig, round_: int) -> StageRef:
+    model_dir = model_for_round(cfg, round_)
+    inputs = {"prompts": prompt_set_fingerprint(cfg.data), "model": _digest_of(str(model_dir)),
+              "_model_dir": str(model_dir)}
+    section = {"generate": cfg.generate.model_dump(exclude=OPERATIONAL_GENERATE_KEYS),
+               "trust_remote_code": cfg.model.trust_remote_code}
+    return _make_ref(cfg, "generate", round_, section, inputs)
+
+
+def reference_model_dir(cfg: PipelineConfig) -> Path:
+    return Path(cfg.score.reference_model) if cfg.score.reference_model else base_model_dir(cfg)
+
+
+def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
+    gen = require(generate_ref(cfg, round_), "score")
+    inputs: dict[str, Any] = {"generate": gen.fingerprint}
+    if cfg.score.reference_logprobs:
+        ref_dir = reference_model_dir(cfg)
+        inputs |= {"reference_model": _digest_of(str(ref_dir)), "_reference_model_dir": str(ref_dir)}
+    return _make_ref(cfg, "score", round_, cfg.score.model_dump(), inputs)
+
+
+def train_ref(cfg: PipelineConfig, round_: int) -> StageRef:
+    gen = generate_ref(cfg, round_)
+    sc = require(score_ref(cfg, round_), "train")
+    inputs = {"score": sc.fingerprint, "model": gen.inputs["model"], "_model_dir": gen.inputs["_model_dir"]}
+    return _make_ref(cfg, "train", round_, cfg.train.model_dump(), inputs)
+
+
+def prepare(ref: StageRef, force: bool) -> Manifest | None:
+    """Return the cached manifest, or make the directory ready for a (resumed) run."""
+    if force and ref.directory.exists():
+        shutil.rmtree(ref.directory)
+    m = ref.manifest()
+    if m is not None:
+        return m
+    ref.directory.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(ref.directory)
+    return None
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,99 @@
+"""Stage 3: launch the FSDP2 learner under torchrun on score's shards; export the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from grao_pipe.config import PipelineConfig, TrainConfig
+from grao_pipe.errors import InputError, StageFailed
+from grao_pipe.models import policy_digest
+from grao_pipe.stages.common import Outcome, Timer, prepare, require, score_ref, train_ref
+from grao_pipe.store import digest, write_manifest
+
+
+def read_metrics(directory: Path) -> list[dict]:
+    path = directory / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def required_columns(cfg: TrainConfig) -> dict[str, str]:
+    """Columns the objective needs non-null, with what to do when they are missing."""
+    need: dict[str, str] = {}
+    ref_hint = "set score.reference_logprobs=true and re-run score"
+    if cfg.objective == "dpo":
+        need |= {"ref_logprobs": ref_hint, "ref_reference_logprobs": ref_hint}
+    if cfg.objective == "grpo" and cfg.grpo_kl > 0:
+        need["ref_logprobs"] = ref_hint
+    if (cfg.objective == "grpo" and cfg.grpo_clip is not None) or cfg.importance_weights:
+        need["behaviour_logprobs"] = "generate with a backend that returns log-probs (hf, vllm), or disable ratio clipping / importance weights"
+    return need
+
+
+def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
+    """Fail before training starts if a kept row lacks a column the objective needs."""
+    need = required_columns(cfg)
+    for path in shards if need else []:
+        table = pq.read_table(path, columns=[*need, "keep"])
+        for col, hint in need.items():
+            nulls = pc.sum(pc.and_(table["keep"], pc.is_null(table[col]))).as_py() or 0
+            if nulls:
+                raise InputError(f"{path}: train.objective={cfg.objective} needs column {col!r}, "
+                                 f"null in {nulls} rows; {hint}")
+
+
+def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
+    sc_ref = score_ref(cfg, round_)
+    sc = require(sc_ref, "train")
+    ref = train_ref(cfg, round_)
+    cached = prepare(ref, force)
+    if cached is not None:
+        return Outcome(ref, True, cached)
+    timer = Timer()
+    check_columns(cfg.train, [sc_ref.directory / s["name"] for s in sc.shards])
+    # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the worker
+    # does that), a half-written export is redone.
+    shutil.rmtree(ref.directory / "model", ignore_errors=True)
+    spec = {
+        "train": cfg.train.model_dump(),
+        "model_dir": ref.inputs["_model_dir"],
+        "shards": [[str(sc_ref.directory / s["name"]), s["sha256"]] for s in sc.shards],
+        "output_dir": str(ref.directory),
+        # What a checkpoint must have been trained on to be resumed from.
+        "spec_digest": digest({"train": cfg.train.model_dump(), "model": ref.inputs["model"],
+                               "shards": [s["sha256"] for s in sc.shards]}),
+    }
+    spec_path = ref.directory / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           f"--nproc-per-node={cfg.train.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
+    log_path = ref.directory / "train.log"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if proc.returncode != 0 or not (ref.directory / "model" / "config.json").is_file():
+        tail = "\n".join(log_path.read_text().splitlines()[-15:])
+        raise StageFailed(f"train (round {round_}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
+    metrics = read_metrics(ref.directory)
+    terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
+    stats = {
+        "steps": len(metrics),
+        "load": json.loads((ref.directory / "load_stats.json").read_text()),
+        "groups_seen": sum(m["groups"] for m in metrics),
+        "real_tokens": sum(m["real_tokens"] for m in metrics),
+        "mean": {k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
+        "final": {k: metrics[-1][k] for k in terms} if metrics else {},
+        "seconds": round(timer.seconds, 3),
+    }
+    manifest = write_manifest(ref.directory, stage="train", key=ref.key, config=ref.config,
+                              inputs={**ref.inputs, "round": round_},
+                              shards=[{"name": "model", "rows": 0, "sha256": policy_digest(ref.directory / "model")}],
+                              stats=stats)
+    return Outcome(ref, False, manifest, timer.seconds)

@@ -1,0 +1,183 @@
+"""Shard and manifest I/O with atomic commits.
+
+A shard is written to a temporary name and renamed into place, so it appears complete or not
+at all. The manifest is written last (also by rename); a stage directory without a manifest is
+an unfinished stage that the next run resumes, keeping the shards it already committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grao_pipe import __version__
+from grao_pipe.errors import DataError
+from grao_pipe.schemas import (
+    MANIFEST_NAME,
+    META_STAGE,
+    META_VERSION,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    SHARD_SUFFIX,
+    TMP_PREFIX,
+)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj: Any) -> str:
+    """Stable content hash of a JSON-able object (cache keys, fingerprints)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
+    """Validate ``table`` against the stage schema, write it atomically, return its entry."""
+    schema = SCHEMAS[stage]
+    if meta:
+        schema = schema.with_metadata({**(schema.metadata or {}), **meta})
+    extra = [f for f in table.schema if f.name not in schema.names]
+    table = table.select(schema.names + [f.name for f in extra]) if extra else table.select(schema.names)
+    full = pa.schema(list(schema) + extra, metadata=schema.metadata)
+    table = table.cast(full)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"name": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
+
+
+def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa.Table:
+    """Read one shard, checking checksum and schema version; errors name the file."""
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise DataError(f"{path}: checksum mismatch with its manifest; the shard is corrupt, re-run the stage with --force")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
+    meta = table.schema.metadata or {}
+    version = meta.get(META_VERSION)
+    if version != str(SCHEMA_VERSION).encode():
+        raise DataError(
+            f"{path}: schema version {version!r} is not {SCHEMA_VERSION}; "
+            "it was written by another grao-pipe version"
+        )
+    if meta.get(META_STAGE) != stage.encode():
+        raise DataError(f"{path}: written by stage {meta.get(META_STAGE)!r}, expected {stage!r}")
+    missing = [n for n in SCHEMAS[stage].names if n not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}")
+    return table
+
+
+def shard_is_committed(path: Path, stage: str) -> bool:
+    """True if a shard left by an earlier (crashed) run is complete and readable."""
+    if not path.is_file():
+        return False
+    try:
+        read_shard(path, stage)
+    except DataError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    key: str
+    data: Mapping[str, Any]
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return list(self.data["shards"])
+
+    @property
+    def fingerprint(self) -> str:
+        """What downstream cache keys hash: the stage, its key and its shards' checksums."""
+        return digest({"stage": self.stage, "key": self.key, "shards": self.data["shards"]})
+
+
+def write_manifest(
+    directory: Path,
+    *,
+    stage: str,
+    key: str,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    shards: Iterable[Mapping[str, Any]],
+    stats: Mapping[str, Any],
+) -> Manifest:
+    shards = list(shards)
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "key": key,
+        "code_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "inputs": inputs,
+        "rows": sum(int(s.get("rows", 0)) for s in shards),
+        "shards": shards,
+        "stats": stats,
+    }
+    _atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(data, indent=2, default=str).encode())
+    return Manifest(stage, key, data)
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Manifest(str(data["stage"]), str(data["key"]), data)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: malformed manifest ({e}); delete the directory or re-run with --force") from None
+
+
+def read_stage_table(directory: Path, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
+    tables = [read_shard(directory / s["name"], manifest.stage, s["sha256"]) for s in manifest.shards]
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    return table.select(columns) if columns else table
+
+
+def clean_temporaries(directory: Path) -> None:
+    """Remove leftovers of a crashed writer (never a committed shard)."""
+    for p in directory.glob(f"{TMP_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def list_shards(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX))

@@ -1,0 +1,1 @@
+"""Bundled synthetic tasks (prompt sets with reference answers and verifiable scorers)."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny pipeline config that runs every stage in seconds on CPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = {
+    "name": "tiny",
+    "data": {"prompts": "builtin:arith", "limit": 12},
+    "generate": {"num_samples": 4, "max_new_tokens": 3, "batch_size": 6, "prompts_per_shard": 6},
+    "train": {"lr": 1e-3, "groups_per_step": 4, "epochs": 1, "nproc": 2},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):
+    """Write a tiny config YAML under tmp_path; returns a factory taking section overrides."""
+
+    def make(**sections: dict) -> Path:
+        tree = _merge({**TINY, "workdir": str(tmp_path / "work")}, sections)
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return path
+
+    return make
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The embedded tiny model (with a chat template), built once per test session."""
+    from grao_pipe.config import DataConfig, TinyModelConfig
+    from grao_pipe.models.tiny import build_tiny_model
+    from grao_pipe.prompts import load_prompts
+
+    corpus = [t for p in load_prompts(DataConfig()) for t in (p.text or "", p.reference)]
+    return build_tiny_model(TinyModelConfig(), corpus, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model_dir, tmp_path_factory):
+    """A real OpenAI-compatible HTTP server (`transformers serve`) with the tiny model, on CPU."""
+    import shutil
+    import subprocess
+    import time
+
+    import httpx
+
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+    if exe is None:
+        pytest.fail("`transformers serve` is not installed; run `make setup`")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([exe, "serve", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1",
+                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited early; see {log.name}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("transformers serve did not become healthy in 120 s")
+    yield f"{base}/v1", str(tiny_model_dir)
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

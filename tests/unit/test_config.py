@@ -1,0 +1,50 @@
+import pytest
+from pydantic import ValidationError
+
+from grao_pipe.config import PipelineConfig, load_config
+from grao_pipe.errors import ConfigError
+
+
+def test_defaults_follow_the_paper():
+    cfg = PipelineConfig()
+    assert (cfg.generate.num_samples, cfg.generate.temperature, cfg.generate.max_new_tokens) == (8, 0.7, 2048)
+    assert (cfg.train.beta, cfg.train.lam, cfg.train.lr, cfg.train.weight_decay) == (0.5, 0.6, 1e-6, 0.01)
+    assert cfg.score.advantage.mode == "reference_in_group"
+
+
+def test_overrides_are_typed(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1.0e-4\n")
+    cfg = load_config(p, ["train.lr=2e-5", "generate.num_samples=4", "score.advantage.mode=samples_only"])
+    assert cfg.train.lr == 2e-5 and cfg.generate.num_samples == 4
+    assert cfg.score.advantage.mode == "samples_only"
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.learning_rate'"):
+        load_config(p)
+
+
+def test_unknown_override_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config key 'generate.nsamples'"):
+        load_config(None, ["generate.nsamples=3"])
+
+
+def test_bad_value_names_key():
+    with pytest.raises(ConfigError, match=r"'score.advantage.degenerate'"):
+        load_config(None, ["score.advantage.degenerate=maybe"])
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_config_is_frozen():
+    cfg = PipelineConfig()
+    with pytest.raises(ValidationError):
+        cfg.train.lr = 1.0  # type: ignore[misc]

@@ -1,0 +1,67 @@
+import pytest
+
+from grao_pipe.config import JudgeScorer
+from grao_pipe.errors import ConfigError
+from grao_pipe.scoring.judge import CRITERIA, Judge, load_template, parse_verdict
+
+
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ("1 > 2", 1),
+        ("1=2", 0),
+        ("1 < 2", -1),
+        ("Verdict: Text 1 > Text 2.", 1),
+        ("  text 1   <   text 2  ", -1),
+        ("I think 2 < 1 because it is clearer", 1),  # mirrored form
+        ("2 > 1", -1),
+        ("Both are fine: 1 = 2", 0),
+        ("1 >= 2", 1),
+        ("I cannot compare these texts.", None),  # refusal
+        ("", None),
+        ("1 > 2, or maybe 1 < 2", None),  # contradictory
+        ("1 > 2. Final answer: 1 > 2", 1),  # repeated, consistent
+        ("Text 1", None),
+    ],
+)
+def test_parse_verdict_messy_answers(answer, expected):
+    assert parse_verdict(answer) == expected
+
+
+def test_bundled_template_and_criteria():
+    t = load_template(None)
+    for field in ("[Context]", "[Text 1]", "[Text 2]", "{criterion}"):
+        assert field in t
+    assert set(CRITERIA) == {"helpful", "harmless"}
+
+
+def test_custom_template_must_have_placeholders(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("{context} {text1}")
+    with pytest.raises(ConfigError, match=r"\{text2\}"):
+        load_template(str(p))
+
+
+def test_openai_judge_needs_base_url():
+    with pytest.raises(ConfigError, match="base_url"):
+        Judge(JudgeScorer(model="m"))
+
+
+class _Scripted(Judge):
+    """The real Judge with its model answers replaced by a script (unit test of the combining)."""
+
+    def __init__(self, answers):
+        self.cfg = JudgeScorer(model="m", base_url="http://unused", both_orders=True)
+        self.template, self.criterion, self.name = load_template(None), CRITERIA["helpful"], "judge"
+        self._answers = list(answers)
+
+    def _ask(self, prompts):
+        out, self._answers = self._answers[: len(prompts)], self._answers[len(prompts) :]
+        return out
+
+
+def test_both_orders_removes_position_bias_and_counts_unparseable():
+    # forward (o as Text 1): 1>2, 1>2, ??? ; swapped (y as Text 1): 1>2 (position bias), 1<2, 1=2
+    j = _Scripted(["1 > 2", "1 > 2", "no idea", "1 > 2", "1 < 2", "1 = 2"])
+    res = j.score(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3)
+    assert res.values == [0.0, 1.0, None] and res.unparseable == 1

@@ -1,0 +1,49 @@
+import pytest
+
+from grao_pipe.config import DataConfig
+from grao_pipe.errors import InputError
+from grao_pipe.prompts import group_id, load_prompts
+from grao_pipe.tasks import arith
+
+
+def test_builtin_prompt_set_loads():
+    prompts = load_prompts(DataConfig())
+    assert len(prompts) == 100 and prompts[7].text == "0+7=" and prompts[7].reference == "7"
+
+
+def test_malformed_row_is_named(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "1+1=", "reference": "2"}\n{"prompt": "2+2=", \n')
+    with pytest.raises(InputError, match=r"p.jsonl:2: not valid JSON"):
+        load_prompts(DataConfig(prompts=str(p)))
+
+
+def test_missing_reference_is_named(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    with pytest.raises(InputError, match=r"p.jsonl:1: missing or empty reference field 'reference'"):
+        load_prompts(DataConfig(prompts=str(p)))
+
+
+def test_empty_prompt_set(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text("\n")
+    with pytest.raises(InputError, match="has no usable rows"):
+        load_prompts(DataConfig(prompts=str(p)))
+
+
+def test_messages_rows_and_custom_fields(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}], "ans": "hello", "rejected": "go"}\n')
+    (row,) = load_prompts(DataConfig(prompts=str(p), reference_field="ans"))
+    assert row.messages == (("user", "hi"),) and row.reference == "hello" and row.rejected == "go"
+
+
+def test_group_id_is_stable_and_distinguishes_references():
+    assert group_id("1+1=", "2") == group_id("1+1=", "2") != group_id("1+1=", "3")
+
+
+def test_arith_scorer_is_relative_to_reference():
+    assert arith.score("3+4=", "7", "7") == 0.0
+    assert arith.score("3+4=", "8", "7") == -1.0
+    assert arith.score("3+4=", " 7", "6") == 1.0

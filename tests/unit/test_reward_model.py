@@ -1,0 +1,42 @@
+"""The scalar reward-model scorer on a tiny locally built sequence classifier."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from grao_pipe.config import RewardModelScorer, TinyModelConfig  # noqa: E402
+from grao_pipe.models.tiny import build_tiny_model  # noqa: E402
+from grao_pipe.scoring.reward_model import RewardModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, Qwen2ForSequenceClassification
+
+    lm = build_tiny_model(TinyModelConfig(), ["1+2=3", "hello world", "4+4=8"], tmp_path_factory.mktemp("m"))
+    tok = AutoTokenizer.from_pretrained(lm)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(lm)
+    cfg.num_labels = 1
+    torch.manual_seed(0)
+    out = lm.parent / "rm"
+    Qwen2ForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_scores_do_not_depend_on_batch(rm_dir):
+    texts = ["1+2=3", "4+4=8 hello", "1", "hello world 1+2", "22"]
+    one = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=1)).rewards(texts)
+    many = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=4)).rewards(texts)
+    assert one == pytest.approx(many, abs=1e-5)
+    assert len(set(round(v, 6) for v in one)) > 1  # a real model, not a constant
+
+
+def test_reward_is_relative_to_reference(rm_dir):
+    rm = RewardModel(RewardModelScorer(path=str(rm_dir), squash="none"))
+    res = rm.score(["1+2=", "1+2="], ["3", "4"], ["3", "3"])
+    assert res.values[0] == pytest.approx(0.0, abs=1e-6)  # R(y, y) = 0
+    r = rm.rewards(["1+2=4", "1+2=3"])
+    assert res.values[1] == pytest.approx(r[0] - r[1], abs=1e-5)
