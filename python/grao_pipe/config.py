@@ -163,6 +163,8 @@ class TrainConfig(_Section):
     max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
     overlong: Literal["truncate", "skip"] = "truncate"
     activation_checkpointing: bool = False
+    # Pack each rank's sequences into rows of this many tokens (0: right-padded batches).
+    pack_tokens: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)

@@ -139,3 +139,65 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
     real = int(attn.sum())
     return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
                  torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Sequences of a Batch packed into rows of ``budget`` tokens (best-fit decreasing, Rust).
+
+    Each sequence keeps its own position ids (restarting at 0) and attends only within itself
+    (a block-diagonal causal mask; flash-attention kernels use the position ids instead).
+    ``src_*``/``dst_*`` map a row's next-token log-probs back to the Batch's [N, T-1] layout.
+    """
+
+    input_ids_RT: torch.Tensor
+    position_ids_RT: torch.Tensor
+    segment_RT: torch.Tensor  # sequence index per token (-1 for row padding)
+    src_row: torch.Tensor
+    src_col: torch.Tensor
+    dst_seq: torch.Tensor
+    dst_pos: torch.Tensor
+    real_tokens: int
+    padded_tokens: int
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[R, 1, T, T] additive mask: causal and within the same segment."""
+        t = self.segment_RT.shape[1]
+        seg = self.segment_RT
+        causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=seg.device))
+        allowed = causal[None] & (seg[:, :, None] == seg[:, None, :])
+        zero = torch.zeros((), dtype=dtype, device=seg.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+
+def pack(batch: Batch, budget: int, pad_id: int) -> Packed:
+    from grao_pipe import _native
+
+    lengths = batch.attention_mask_NT.sum(-1)
+    import pyarrow as pa
+
+    bins_arr, n_rows = _native.pack_bfd(pa.array(lengths.numpy().astype("int64")), budget)
+    bins = pa.array(bins_arr).to_numpy(zero_copy_only=False)
+    ids = torch.full((n_rows, budget), pad_id, dtype=torch.long)
+    pos = torch.zeros(n_rows, budget, dtype=torch.long)
+    seg = torch.full((n_rows, budget), -1, dtype=torch.long)
+    fill = [0] * n_rows
+    src_row: list[int] = []
+    src_col: list[int] = []
+    dst_seq: list[int] = []
+    dst_pos: list[int] = []
+    for n, (row, length) in enumerate(zip(bins.tolist(), lengths.tolist(), strict=True)):
+        o = fill[row]
+        ids[row, o : o + length] = batch.input_ids_NT[n, :length]
+        pos[row, o : o + length] = torch.arange(length)
+        seg[row, o : o + length] = n
+        fill[row] = o + length
+        src_row += [row] * (length - 1)
+        src_col += range(o, o + length - 1)
+        dst_seq += [n] * (length - 1)
+        dst_pos += range(length - 1)
+    for row, used in enumerate(fill):  # row padding: its own segment, restarting positions
+        pos[row, used:] = torch.arange(budget - used)
+    t = torch.tensor
+    return Packed(ids, pos, seg, t(src_row, dtype=torch.long), t(src_col, dtype=torch.long),
+                  t(dst_seq, dtype=torch.long), t(dst_pos, dtype=torch.long), int(sum(fill)), n_rows * budget)

@@ -24,18 +24,30 @@ import torch.distributed as dist
 from grao_pipe import losses
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner import checkpoint
-from grao_pipe.learner.data import Batch, Group, collate, load_groups
+from grao_pipe.learner.data import Batch, Group, Packed, collate, load_groups, pack
 from grao_pipe.learner.fsdp import shard_model
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
-def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    ids = batch.input_ids_NT.to(device)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask_NT.to(device)).logits
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logps.gather(-1, ids[:, 1:, None]).squeeze(-1)
+def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device, packed: Packed | None = None) -> torch.Tensor:
+    """log πθ of every next token, [N, T-1] in the Batch layout (padded or packed forward)."""
+    if packed is None:
+        ids = batch.input_ids_NT.to(device)
+        logits = model(input_ids=ids, attention_mask=batch.attention_mask_NT.to(device)).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return logps.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    ids = packed.input_ids_RT.to(device)
+    kwargs = {"position_ids": packed.position_ids_RT.to(device)}
+    if getattr(model.config, "_attn_implementation", "sdpa") != "flash_attention_2":
+        kwargs["attention_mask"] = packed.attention_mask().to(device)  # masked fallback
+    logits = model(input_ids=ids, **kwargs).logits
+    # Only the positions that predict a real next token of the same sequence.
+    rows, cols = packed.src_row.to(device), packed.src_col.to(device)
+    lp = torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
+    out = torch.zeros(batch.input_ids_NT.shape[0], batch.input_ids_NT.shape[1] - 1, device=device)
+    return out.index_put((packed.dst_seq.to(device), packed.dst_pos.to(device)), lp)
 
 
 def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -46,10 +58,10 @@ def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps
     return (reward_BG - mu) / (sigma + eps) * mask_BG
 
 
-def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: torch.device
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: torch.device,
+              packed: Packed | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Per-group loss [B], its terms, and diagnostics, for one rank's share of a step."""
-    tok_NT = _token_logps(model, batch, device)
+    tok_NT = _token_logps(model, batch, device, packed)
     mask_NT = batch.loss_mask_NT.to(device)
     b, g = batch.mask_BG.shape
     ns = b * g
@@ -158,7 +170,9 @@ def main(spec_path: str) -> None:
         idx = order[s * step_size : (s + 1) * step_size].tolist()
         mine: list[Group] = [groups[i] for i in idx[rank::world]]
         batch = collate(mine, pad_id)
-        loss_B, terms, diag = step_loss(model, batch, cfg, device)
+        packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
+        loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
+        real_tokens, padded_tokens = (packed.real_tokens, packed.padded_tokens) if packed else (batch.real_tokens, batch.padded_tokens)
         # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
         (loss_B.sum() * world / step_size).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -166,8 +180,8 @@ def main(spec_path: str) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         names = sorted(terms)
-        red = torch.tensor([float(loss_B.sum()), *[float(terms[k].sum()) for k in names],
-                            float(batch.real_tokens), float(batch.padded_tokens),
+        red = torch.tensor([float(loss_B.detach().sum()), *[float(terms[k].detach().sum()) for k in names],
+                            float(real_tokens), float(padded_tokens),
                             *[diag[k] / world for k in sorted(diag)]], device=device)
         dist.all_reduce(red)
         if use_cuda:
@@ -213,3 +227,9 @@ def main(spec_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Everything is written and the process group is gone. Skip interpreter teardown: a gloo
+    # worker thread destroyed during static destruction occasionally aborts the process
+    # ("terminate called without an active exception") after a fully successful run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
