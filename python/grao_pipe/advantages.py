@@ -49,33 +49,41 @@ def compute(group_ids: pa.Array | pa.ChunkedArray, rewards: pa.Array | pa.Chunke
 
 def polars_reference(df: pl.DataFrame, cfg: AdvantageConfig, group: str = "group_id", reward: str = "reward") -> pl.DataFrame:
     """The same computation as readable Polars expressions (slower; used to cross-check and as
-    the benchmark's baseline). Adds ``advantage``, ``reference_advantage``, ``degenerate``."""
+    the benchmark's baseline). Adds ``advantage``, ``reference_advantage``, ``degenerate``.
+
+    Staged ``with_columns`` so no window expression nests another (which Polars would evaluate
+    per group)."""
     r = pl.col(reward)
-    valid = r.is_not_null() & r.is_finite()
-    rv = pl.when(valid).then(r)
-    n = valid.sum().over(group).cast(pl.Float64)
-    s = rv.sum().over(group)
-    if cfg.mode in ("reference_in_group", "rank"):
-        # The reference is one more member whose reward is 0.
-        mu = s / (n + 1)
-        sigma = ((((rv - mu) ** 2).sum().over(group) + mu**2) / (n + 1)).sqrt()
+    rv = pl.when(r.is_not_null() & r.is_finite()).then(r)
+    with_ref = cfg.mode in ("reference_in_group", "rank")  # the reference is a member, reward 0
+    out = df.lazy().with_columns(_rv=rv).with_columns(
+        _n=pl.col("_rv").count().over(group).cast(pl.Float64),
+        _s=pl.col("_rv").sum().over(group),
+    ).with_columns(_mu=pl.col("_s") / (pl.col("_n") + 1 if with_ref else pl.col("_n")))
+    sq = ((pl.col("_rv") - pl.col("_mu")) ** 2).sum().over(group)
+    if with_ref:
+        out = out.with_columns(_sigma=((sq + pl.col("_mu") ** 2) / (pl.col("_n") + 1)).sqrt())
     else:
-        mu = s / n
-        sigma = (((rv - mu) ** 2).sum().over(group) / n).sqrt()
+        out = out.with_columns(_sigma=(sq / pl.col("_n")).sqrt())
+    x, n, s_, mu, sigma = pl.col("_rv"), pl.col("_n"), pl.col("_s"), pl.col("_mu"), pl.col("_sigma")
     if cfg.mode in ("reference_in_group", "samples_only"):
-        adv = (rv - mu) / (sigma + cfg.eps)
-        ref_adv = (0.0 - mu) / (sigma + cfg.eps)
+        adv, ref_adv = (x - mu) / (sigma + cfg.eps), (0.0 - mu) / (sigma + cfg.eps)
     elif cfg.mode == "leave_one_out":
-        adv = rv - (s - rv) / (n - 1)
-        ref_adv = -s / n
+        adv, ref_adv = x - (s_ - x) / (n - 1), -s_ / n
     else:  # rank over the n+1 values, average ties, 0-based, mapped to [-1, 1]
-        rank = rv.rank("average").over(group) - 1 + pl.when(rv > 0).then(1.0).when(rv == 0).then(0.5).otherwise(0.0)
-        ref_rank = (rv < 0).sum().over(group) + (rv == 0).sum().over(group) / 2
-        adv = 2 * rank / n - 1
-        ref_adv = 2 * ref_rank / n - 1
+        out = out.with_columns(
+            _rank=x.rank("average").over(group) - 1 + pl.when(x > 0).then(1.0).when(x == 0).then(0.5).otherwise(0.0),
+            _ref_rank=(x < 0).sum().over(group) + (x == 0).sum().over(group) / 2,
+        )
+        adv, ref_adv = 2 * pl.col("_rank") / n - 1, 2 * pl.col("_ref_rank") / n - 1
     degenerate = (n < cfg.min_valid) | (sigma < cfg.std_floor) | sigma.is_nan()
-    return df.with_columns(
-        advantage=pl.when(degenerate | ~valid).then(0.0).otherwise(adv),
-        reference_advantage=pl.when(degenerate).then(0.0).otherwise(ref_adv),
-        degenerate=degenerate,
+    return (
+        out.with_columns(_deg=degenerate.fill_null(True))
+        .with_columns(
+            advantage=pl.when(pl.col("_deg") | x.is_null()).then(0.0).otherwise(adv),
+            reference_advantage=pl.when(pl.col("_deg")).then(0.0).otherwise(ref_adv),
+            degenerate=pl.col("_deg"),
+        )
+        .drop("_rv", "_n", "_s", "_mu", "_sigma", "_deg", "_rank", "_ref_rank", strict=False)
+        .collect()
     )

@@ -50,10 +50,10 @@ def _say(o: Outcome) -> None:
     if o.manifest is None:
         console.print(f"{where}: {'; '.join(o.notes)}", markup=False)
         return
-    rows = o.manifest.data["rows"]
-    state = "cached, nothing to do" if o.cached else f"done in {o.seconds:.1f}s"
-    console.print(f"{where}: {state} ({rows} rows at {o.ref.directory})", markup=False)
     st = o.manifest.data["stats"]
+    size = f"{st['steps']} steps" if o.ref.stage == "train" else f"{o.manifest.data['rows']} rows"
+    state = "cached, nothing to do" if o.cached else f"done in {o.seconds:.1f}s"
+    console.print(f"{where}: {state} ({size} at {o.ref.directory})", markup=False)
     if o.ref.stage == "generate" and not o.cached:
         console.print(
             f"  {st['prompts']} prompts, {st['samples']} samples; response tokens mean "
