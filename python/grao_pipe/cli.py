@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -73,11 +74,18 @@ def _parse_part(value: str | None) -> tuple[int, int]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="grao-pipe")
-def main() -> None:
+@click.option("--wait", is_flag=True, help="Wait for a stage another process is running instead of exiting 75.")
+def main(wait: bool) -> None:
     """Offline GRAO alignment: generate -> score -> train, each stage cached and re-runnable.
 
     Every verb takes -c CONFIG and key=value overrides (e.g. train.lr=1e-5).
+    Exit codes: 0 done or cached, 2 config, 3 input, 4 input stage not finished, 5 corrupt data,
+    6 learner failed, 7 server unreachable, 75 locked by another run (see docs).
     """
+    if wait:
+        from grao_pipe.stages.common import WAIT_FOR_LOCKS
+
+        WAIT_FOR_LOCKS["wait"] = True
 
 
 @main.command("generate")
@@ -121,8 +129,11 @@ _stage_command("train", "Train the policy on score's shards (torchrun, FSDP2).")
 @_config_opt
 @_force
 @click.option("--report-json", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.option("--cached-exit-code", type=int, default=0, show_default=True,
+              help="Exit code when every stage was cached (99 makes Airflow's BashOperator skip the task).")
 @_overrides
-def run_cmd(config_path: str | None, force: bool, report_json: str | None, overrides: tuple[str, ...]) -> None:
+def run_cmd(config_path: str | None, force: bool, report_json: str | None, cached_exit_code: int,
+            overrides: tuple[str, ...]) -> None:
     """Run every stage of every round (run.rounds), skipping what is cached, then report."""
 
     def go() -> None:
@@ -137,6 +148,8 @@ def run_cmd(config_path: str | None, force: bool, report_json: str | None, overr
         if report_json:
             with open(report_json, "w") as f:
                 json.dump(summary, f, indent=2)
+        if all(o.cached for o in outcomes):
+            sys.exit(cached_exit_code)
 
     _guard(go)
 
@@ -159,6 +172,90 @@ def status_cmd(config_path: str | None, overrides: tuple[str, ...]) -> None:
         for s in status(cfg):
             table.add_row(str(s.round), s.stage, s.state, s.key or "-", s.detail)
         report_console.print(table)
+
+    _guard(go)
+
+
+
+@main.group("datasets")
+def datasets_group() -> None:
+    """Inspect rollout datasets (finished generate / score outputs) under a workdir."""
+
+
+_workdir_opt = click.option("--workdir", "-w", default=None, help="Default: the config's workdir.")
+
+
+def _workdir(config_path: str | None, workdir: str | None) -> Path:
+    return Path(workdir) if workdir else Path(_load(config_path, ()).workdir)
+
+
+@datasets_group.command("list")
+@_config_opt
+@_workdir_opt
+def datasets_list(config_path: str | None, workdir: str | None) -> None:
+    """Every dataset version with its lineage."""
+
+    def go() -> None:
+        from rich.table import Table
+
+        from grao_pipe.datasets import versions
+
+        table = Table()
+        for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
+            table.add_column(col)
+        for d, m in versions(_workdir(config_path, workdir)):
+            inputs = m.data["inputs"]
+            table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.data["rows"]), m.data["created_at"],
+                          str((inputs.get("prompts") or {}).get("sha256", "-"))[:12], str(inputs.get("model", "-"))[:12])
+        report_console.print(table)
+
+    _guard(go)
+
+
+@datasets_group.command("show")
+@_config_opt
+@_workdir_opt
+@click.argument("key")
+@click.option("--write", is_flag=True, help="Also save the card as card.json in the dataset directory.")
+def datasets_show(config_path: str | None, workdir: str | None, key: str, write: bool) -> None:
+    """The rollout card of one dataset version (KEY: a prefix of its key)."""
+
+    def go() -> None:
+        from grao_pipe.datasets import card, find
+
+        d, m = find(_workdir(config_path, workdir), key)
+        c = card(d, m)
+        text = json.dumps(c, indent=2)
+        click.echo(text)
+        if write:
+            (d / "card.json").write_text(text + "\n")
+
+    _guard(go)
+
+
+@datasets_group.command("verify")
+@_config_opt
+@_workdir_opt
+@click.argument("key", required=False)
+def datasets_verify(config_path: str | None, workdir: str | None, key: str | None) -> None:
+    """Check every shard's checksum and schema version (all datasets, or KEY). Exit 5 if any fail."""
+
+    def go() -> None:
+        from grao_pipe.datasets import find, versions
+        from grao_pipe.errors import DataError
+        from grao_pipe.store import verify
+
+        root = _workdir(config_path, workdir)
+        targets = [find(root, key)] if key else versions(root)
+        bad = 0
+        for d, _ in targets:
+            problems = verify(d)
+            bad += bool(problems)
+            console.print(f"{d}: {'ok' if not problems else 'FAILED'}", markup=False)
+            for p in problems:
+                console.print(f"  {p}", markup=False)
+        if bad:
+            raise DataError(f"{bad} of {len(targets)} dataset(s) failed verification")
 
     _guard(go)
 

@@ -37,3 +37,9 @@ class StageFailed(GraoError):
     """A stage's worker process failed (e.g. the torchrun learner)."""
 
     exit_code = 6
+
+
+class Locked(GraoError):
+    """Another process is running the same stage output (EX_TEMPFAIL: try again later)."""
+
+    exit_code = 75

@@ -159,13 +159,39 @@ def read_manifest(directory: Path) -> Manifest | None:
         return None
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data.get("shards"), list):
+            raise TypeError("'shards' is not a list")
         return Manifest(str(data["stage"]), str(data["key"]), data)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{path}: malformed manifest ({e}); delete the directory or re-run with --force") from None
 
 
+def member(directory: Path, name: str) -> Path:
+    """``directory / name`` for a name taken from a manifest; refuses names that would escape
+    the dataset root (absolute paths, separators, ``..``): manifests from other teams are data."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise DataError(f"{directory / MANIFEST_NAME}: shard name {name!r} points outside the dataset; refusing it")
+    return directory / name
+
+
+def verify(directory: Path) -> list[str]:
+    """Problems with a finished stage directory (checksums, schema versions); [] if sound."""
+    m = read_manifest(directory)
+    if m is None:
+        return [f"{directory}: no manifest (not a finished dataset)"]
+    problems = []
+    for s in m.shards:
+        if m.stage not in SCHEMAS:
+            break
+        try:
+            read_shard(member(directory, s["name"]), m.stage, s["sha256"])
+        except (DataError, FileNotFoundError) as e:
+            problems.append(str(e))
+    return problems
+
+
 def read_stage_table(directory: Path, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
-    tables = [read_shard(directory / s["name"], manifest.stage, s["sha256"]) for s in manifest.shards]
+    tables = [read_shard(member(directory, s["name"]), manifest.stage, s["sha256"]) for s in manifest.shards]
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
     return table.select(columns) if columns else table
 

@@ -79,3 +79,21 @@ def test_stage_before_its_input(tiny_config, tmp_path):
     out = cli("train", "-c", str(tiny_config()))
     assert out.returncode == 4 and "run 'grao-pipe" in out.stderr
     assert not (tmp_path / "work" / "train").exists()
+
+
+def test_concurrent_runs_of_one_stage_lock(tiny_config, tmp_path):
+    cfg = tiny_config(train={"epochs": 6})
+    assert cli("generate", "-c", str(cfg)).returncode == 0
+    assert cli("score", "-c", str(cfg)).returncode == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([*BIN, "train", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "work").glob("train/*/spec.json")):
+        time.sleep(0.2)  # the first run holds the lock once it has written its spec
+    second = cli("train", "-c", str(cfg))
+    assert second.returncode == 75 and "being run by another process" in second.stderr
+    assert first.wait(timeout=300) == 0
+    again = cli("run", "-c", str(cfg), "--cached-exit-code", "99")
+    assert again.returncode == 99  # everything cached: the skip code for schedulers

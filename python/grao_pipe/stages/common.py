@@ -8,15 +8,18 @@ a silent overwrite, and every stage downstream gets a new key too.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from grao_pipe.config import PipelineConfig
-from grao_pipe.errors import StageNotReady
+from grao_pipe.errors import Locked, StageNotReady
 from grao_pipe.models import policy_digest
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
 from grao_pipe.store import Manifest, clean_temporaries, digest, read_manifest
@@ -123,6 +126,29 @@ def train_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     sc = require(score_ref(cfg, round_), "train")
     inputs = {"score": sc.fingerprint, "model": gen.inputs["model"], "_model_dir": gen.inputs["_model_dir"]}
     return _make_ref(cfg, "train", round_, cfg.train.model_dump(), inputs)
+
+
+WAIT_FOR_LOCKS = {"wait": False}  # set by the CLI's --wait
+
+
+@contextlib.contextmanager
+def stage_lock(ref: StageRef, suffix: str = "") -> Iterator[None]:
+    """One writer per stage output: an exclusive flock on ``<stage>/<key>.lock``.
+
+    A second concurrent run fails fast with Locked (exit code 75), or waits with ``wait``.
+    The kernel drops the lock when its holder dies, so a crash never leaves it stuck.
+    """
+    ref.directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(ref.directory.parent / f"{ref.directory.name}{suffix}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if WAIT_FOR_LOCKS["wait"] else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Locked(f"{ref.stage} (round {ref.round}) is being run by another process "
+                         f"(lock {f.name}); retry later or pass --wait") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare(ref: StageRef, force: bool) -> Manifest | None:

@@ -30,7 +30,7 @@ from grao_pipe.schemas import (
     QUARANTINE_NAME,
     shard_name,
 )
-from grao_pipe.stages.common import Outcome, StageRef, Timer, generate_ref, prepare
+from grao_pipe.stages.common import Outcome, StageRef, Timer, generate_ref, prepare, stage_lock
 from grao_pipe.store import digest, file_sha256, shard_is_committed, write_manifest, write_shard
 
 
@@ -102,6 +102,11 @@ def _entry(path: Path) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False, part: tuple[int, int] = (0, 1)) -> Outcome:
+    with stage_lock(generate_ref(cfg, round_), f".part-{part[0]}-of-{part[1]}" if part[1] > 1 else ""):
+        return _run(cfg, round_, force, part)
+
+
+def _run(cfg: PipelineConfig, round_: int, force: bool, part: tuple[int, int] = (0, 1)) -> Outcome:
     k, n_parts = part
     ref: StageRef = generate_ref(cfg, round_)
     cached = prepare(ref, force and k == 0)  # with --shard, only worker 0 may wipe on --force

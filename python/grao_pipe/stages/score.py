@@ -29,8 +29,16 @@ from grao_pipe.stages.common import (
     prepare,
     require,
     score_ref,
+    stage_lock,
 )
-from grao_pipe.store import file_sha256, read_shard, shard_is_committed, write_manifest, write_shard
+from grao_pipe.store import (
+    file_sha256,
+    member,
+    read_shard,
+    shard_is_committed,
+    write_manifest,
+    write_shard,
+)
 
 
 class _Rewards:
@@ -133,6 +141,11 @@ def _stats(scored: pa.Table) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
+    with stage_lock(score_ref(cfg, round_), ""):
+        return _run(cfg, round_, force)
+
+
+def _run(cfg: PipelineConfig, round_: int, force: bool) -> Outcome:
     gen_ref = generate_ref(cfg, round_)
     gen = require(gen_ref, "score")
     ref: StageRef = score_ref(cfg, round_)
@@ -154,7 +167,7 @@ def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
             scored = read_shard(path, "score")
             entry = {"name": path.name, "rows": scored.num_rows, "sha256": file_sha256(path)}
         else:
-            table = read_shard(gen_ref.directory / shard["name"], "generate", shard["sha256"])
+            table = read_shard(member(gen_ref.directory, shard["name"]), "generate", shard["sha256"])
             if table.num_rows != shard["rows"]:
                 raise DataError(f"{gen_ref.directory / shard['name']}: {table.num_rows} rows, manifest says {shard['rows']}")
             scored, counts = _score_table(cfg, table, shard["name"], rewards, ref_model)

@@ -15,8 +15,16 @@ import pyarrow.parquet as pq
 from grao_pipe.config import PipelineConfig, TrainConfig
 from grao_pipe.errors import InputError, StageFailed
 from grao_pipe.models import policy_digest
-from grao_pipe.stages.common import Outcome, Timer, prepare, require, score_ref, train_ref
-from grao_pipe.store import digest, write_manifest
+from grao_pipe.stages.common import (
+    Outcome,
+    Timer,
+    prepare,
+    require,
+    score_ref,
+    stage_lock,
+    train_ref,
+)
+from grao_pipe.store import digest, member, write_manifest
 
 
 def read_metrics(directory: Path) -> list[dict]:
@@ -50,6 +58,11 @@ def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
+    with stage_lock(train_ref(cfg, round_), ""):
+        return _run(cfg, round_, force)
+
+
+def _run(cfg: PipelineConfig, round_: int, force: bool) -> Outcome:
     sc_ref = score_ref(cfg, round_)
     sc = require(sc_ref, "train")
     ref = train_ref(cfg, round_)
@@ -57,14 +70,14 @@ def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
     if cached is not None:
         return Outcome(ref, True, cached)
     timer = Timer()
-    check_columns(cfg.train, [sc_ref.directory / s["name"] for s in sc.shards])
+    check_columns(cfg.train, [member(sc_ref.directory, s["name"]) for s in sc.shards])
     # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the worker
     # does that), a half-written export is redone.
     shutil.rmtree(ref.directory / "model", ignore_errors=True)
     spec = {
         "train": cfg.train.model_dump(),
         "model_dir": ref.inputs["_model_dir"],
-        "shards": [[str(sc_ref.directory / s["name"]), s["sha256"]] for s in sc.shards],
+        "shards": [[str(member(sc_ref.directory, s["name"])), s["sha256"]] for s in sc.shards],
         "output_dir": str(ref.directory),
         # What a checkpoint must have been trained on to be resumed from.
         "spec_digest": digest({"train": cfg.train.model_dump(), "model": ref.inputs["model"],
