@@ -177,6 +177,33 @@ def status_cmd(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
 
 
+@main.command("eval")
+@_config_opt
+@_force
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also copy the results here.")
+@_overrides
+def eval_cmd(config_path: str | None, force: bool, json_out: str | None, overrides: tuple[str, ...]) -> None:
+    """RAS and NAG of the trained model vs the base model, with N and 95% intervals."""
+
+    def go() -> None:
+        from rich.table import Table
+
+        from grao_pipe.stages.evaluate import run
+
+        res = run(_load(config_path, overrides), force)
+        table = Table(title=f"eval on {res['n_prompts']} prompts (scorer {res['scorer']}){' (cached)' if res['cached'] else ''}")
+        for col in ("metric", "value", "95% CI", "N"):
+            table.add_column(col, justify="right")
+        for name, group in (("RAS", "ras"), ("RAS (base)", "ras_base"), ("NAG", "nag")):
+            for kind, e in res[group].items():
+                table.add_row(f"{name} {kind}", f"{e['value']:.3f}", f"[{e['low']:.3f}, {e['high']:.3f}]", str(e["n"]))
+        report_console.print(table)
+        if json_out:
+            Path(json_out).write_text(json.dumps(res, indent=2))
+
+    _guard(go)
+
+
 @main.group("datasets")
 def datasets_group() -> None:
     """Inspect rollout datasets (finished generate / score outputs) under a workdir."""

@@ -176,6 +176,20 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class EvalConfig(_Section):
+    """``grao-pipe eval``: base vs trained model on held-out prompts, judged against references."""
+
+    prompts: str | None = Field(None, description="held-out prompt file; default: data.prompts")
+    limit: int | None = Field(None, gt=0)
+    base_model: str | None = Field(None, description="default: the round-1 policy")
+    model: str | None = Field(None, description="default: the last round's trained model")
+    scorer: ScorerConfig | None = Field(None, description="a comparative R(o, y); default: score.scorers[0]")
+    temperature: float = Field(0.7, gt=0)
+    max_new_tokens: int | None = Field(None, gt=0, description="default: generate.max_new_tokens")
+    batch_size: int = Field(32, gt=0)
+    seed: int = 1234
+
+
 class RunConfig(_Section):
     # ``grao-pipe run`` repeats generate -> score -> train, each round sampling from the last
     # round's checkpoint.
@@ -191,6 +205,7 @@ class PipelineConfig(_Section):
     score: ScoreConfig = ScoreConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

@@ -30,7 +30,7 @@ def test_full_round_then_cached(tiny_config, tmp_path):
     first = cli("run", "-c", str(cfg), "--report-json", str(report))
     assert first.returncode == 0, first.stderr
     work = tmp_path / "work"
-    (train_dir,) = list((work / "train").iterdir())
+    (train_dir,) = list((work / "train").glob("*/"))
     assert (train_dir / "model" / "config.json").is_file()
     assert (train_dir / "model" / "model.safetensors").is_file()
     metrics = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
@@ -51,6 +51,18 @@ def test_full_round_then_cached(tiny_config, tmp_path):
 
     status = cli("status", "-c", str(cfg))
     assert status.returncode == 0 and status.stdout.count("done") == 3
+
+    out_json = tmp_path / "eval.json"
+    ev = cli("eval", "-c", str(cfg), "eval.limit=12", "--json-out", str(out_json))
+    assert ev.returncode == 0, ev.stderr
+    res = json.loads(out_json.read_text())
+    assert res["n_prompts"] == 12 and res["nag"]["net"]["n"] == 12 - max(res["invalid"].values())
+    for group in ("ras", "nag"):
+        for e in res[group].values():
+            assert e["low"] <= e["value"] <= e["high"]
+    assert "RAS strict" in ev.stdout and "NAG net" in ev.stdout
+    assert json.loads(out_json.read_text())["ras"] == res["ras"]
+    assert cli("eval", "-c", str(cfg), "eval.limit=12").stdout.count("(cached)") == 1
 
 
 def test_misspelt_key_fails_with_its_name(tiny_config, tmp_path):
