@@ -11,7 +11,7 @@ DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test test-fast lint fmt bench clean
+.PHONY: setup demo test lint fmt bench replicate clean
 
 setup: $(NATIVE)
 
@@ -33,17 +33,22 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 lint: setup
-	$(BIN)/ruff check python tests benchmarks pipelines
+	$(BIN)/ruff check python tests benchmarks pipelines experiments
 	$(BIN)/mypy
 	cargo fmt --check
 	cargo clippy -q --release --all-targets --all-features -- -D warnings
 
 fmt: setup
-	$(BIN)/ruff format python tests benchmarks pipelines
+	$(BIN)/ruff format python tests benchmarks pipelines experiments
 	cargo fmt
 
 bench: setup
 	$(BIN)/python benchmarks/bench_advantages.py
+	$(BIN)/python benchmarks/bench_learner.py
+
+# The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
+replicate: setup
+	$(BIN)/python experiments/replicate.py
 
 clean:
 	rm -rf $(VENV) target runs

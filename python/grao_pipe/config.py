@@ -152,6 +152,7 @@ class ScoreConfig(_Section):
 
 class TrainConfig(_Section):
     objective: Literal["grao", "sft", "dpo", "grpo"] = "grao"
+    exploration: bool = True  # GRAO exploration term on (off: the ablation without it)
     beta: float = 0.5  # GRAO β (imitation)
     lam: float = 0.6  # GRAO λ (alignment regulariser)
     dpo_beta: float = Field(0.1, gt=0)

@@ -25,6 +25,7 @@ def grao_loss(
     beta: float = 0.5,
     lam: float = 0.6,
     weight_BG: torch.Tensor | None = None,
+    alpha: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRAO, design §2 (arXiv 2508.07750, Eq. for J_GRAO), maximised per group:
 
@@ -34,6 +35,7 @@ def grao_loss(
     Terms (as losses): exploration −(1/G)ΣÂ_i J_exp, imitation −β Â_y J_im,
     alignment regulariser −λ(1/G)ΣÂ_i (J_exp − J_im).
 
+    ``alpha`` scales the exploration term (0 for the ablation without it).
     ``weight_BG`` (opt-in, beyond the paper): detached truncated importance weights
     min(π/π_behaviour, c) multiplying each sample's exploration and alignment terms.
     """
@@ -42,7 +44,7 @@ def grao_loss(
         mask = mask * weight_BG.detach()
     g_B = mask_BG.to(j_exp_BG.dtype).sum(-1)
     inv_g = 1.0 / g_B.clamp(min=1.0)
-    exploration_B = (adv_BG * j_exp_BG * mask).sum(-1) * inv_g
+    exploration_B = alpha * (adv_BG * j_exp_BG * mask).sum(-1) * inv_g
     # (1/G) Σ_i of a term constant in i is the term itself (0 if the group has no valid sample).
     imitation_B = beta * ref_adv_B * j_im_B * (g_B > 0).to(j_im_B.dtype)
     alignment_B = lam * (adv_BG * (j_exp_BG - j_im_B[:, None]) * mask).sum(-1) * inv_g

@@ -98,7 +98,8 @@ def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: to
         weight_BG = losses.truncated_importance_weights(sum_N, beh_N, cfg.importance_cap).view(b, g)
         diag["importance_weight_mean"] = float((weight_BG * mask_BG).sum() / mask_BG.sum().clamp(min=1))
     loss_B, terms = losses.grao_loss(j_exp_BG, j_im_B, batch.adv_BG.to(device), batch.ref_adv_B.to(device),
-                                     mask_BG, beta=cfg.beta, lam=cfg.lam, weight_BG=weight_BG)
+                                     mask_BG, beta=cfg.beta, lam=cfg.lam, weight_BG=weight_BG,
+                                     alpha=1.0 if cfg.exploration else 0.0)
     return loss_B, terms, diag
 
 

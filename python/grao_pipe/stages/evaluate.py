@@ -47,11 +47,16 @@ def _answers(cfg: PipelineConfig, model: Path, data: DataConfig) -> tuple[list[A
     return requests, texts
 
 
+def _mean(values: list[float | None]) -> float | None:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else None
+
+
 def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     base, post = _models(cfg)
     data = cfg.data.model_copy(update={"prompts": cfg.eval.prompts or cfg.data.prompts, "limit": cfg.eval.limit})
     scorer_cfg = cfg.eval.scorer or cfg.score.scorers[0]
-    key = digest({"eval": cfg.eval.model_dump(), "scorer": scoring.scorer_key(scorer_cfg),
+    key = digest({"v": 2, "eval": cfg.eval.model_dump(), "scorer": scoring.scorer_key(scorer_cfg),
                   "prompts": prompt_set_fingerprint(data), "base": _digest_of(str(base)), "post": _digest_of(str(post))})
     out_dir = Path(cfg.workdir) / "eval" / key[:16]
     result_path = out_dir / "eval.json"
@@ -72,6 +77,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
             "n_prompts": len(requests),
             "base_model": str(base), "model": str(post), "scorer": scorer_cfg.name,
             "invalid": {"model": sum(v is None for v in r_post.values), "base": sum(v is None for v in r_pre.values)},
+            "mean_reward": {"model": _mean(r_post.values), "base": _mean(r_pre.values)},
             "ras": {k: e.as_dict() for k, e in metrics.ras(r_post.values).items()},
             "ras_base": {k: e.as_dict() for k, e in metrics.ras(r_pre.values).items()},
             "nag": {k: e.as_dict() for k, e in metrics.nag(r_post.values, r_pre.values).items()},
