@@ -45,6 +45,7 @@ fmt: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_advantages.py
 	$(BIN)/python benchmarks/bench_learner.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 # The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
 replicate: setup

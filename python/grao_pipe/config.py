@@ -164,6 +164,9 @@ class TrainConfig(_Section):
     max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
     overlong: Literal["truncate", "skip"] = "truncate"
     activation_checkpointing: bool = False
+    # Gradient accumulation by token budget: each rank splits its groups of a step into
+    # micro-batches of at most this many tokens (whole groups; 0: one micro-batch).
+    micro_batch_tokens: int = Field(0, ge=0)
     # Pack each rank's sequences into rows of this many tokens (0: right-padded batches).
     pack_tokens: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")

@@ -50,7 +50,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -149,7 +149,7 @@ def write_manifest(
         "shards": shards,
         "stats": stats,
     }
-    _atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(data, indent=2, default=str).encode())
+    atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(data, indent=2, default=str).encode())
     return Manifest(stage, key, data)
 
 

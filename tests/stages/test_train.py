@@ -41,7 +41,11 @@ def test_sigkill_then_resume_gives_the_same_losses(tiny_config, tmp_path):
     assert _losses(resumed.ref.directory) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("objective,extra", [("dpo", []), ("grpo", ["train.grpo_kl=0.05"]), ("sft", [])])
+@pytest.mark.parametrize("objective,extra", [
+    ("dpo", []),
+    ("grpo", ["train.grpo_kl=0.05"]),
+    ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64"]),
+])
 def test_baselines_train_from_the_same_shards(tiny_config, objective, extra):
     base = tiny_config(score={"reference_logprobs": True})
     cfg = load_config(base, [f"train.objective={objective}", *extra])
@@ -61,3 +65,14 @@ def test_dpo_without_reference_logprobs_fails_before_training(tiny_config):
     with pytest.raises(InputError, match=r"needs column 'ref_logprobs'.*score.reference_logprobs=true"):
         train.run(cfg)
     assert not train.train_ref(cfg, 1).directory.joinpath("metrics.jsonl").exists()
+
+
+def test_gradient_accumulation_by_token_budget_matches_one_batch(tiny_config, tmp_path):
+    one = load_config(tiny_config(), [f"workdir={tmp_path / 'one'}"])
+    _prepare(one)
+    expected = _losses(train.run(one).ref.directory)
+    # ~20 tokens per micro-batch: every group is its own micro-batch, ranks get uneven counts.
+    acc = load_config(tiny_config(), [f"workdir={tmp_path / 'acc'}", "train.micro_batch_tokens=20"])
+    _prepare(acc)
+    got = _losses(train.run(acc).ref.directory)
+    assert got == pytest.approx(expected, abs=1e-5)

@@ -90,6 +90,27 @@ def load_groups(shards: list[tuple[Path, str]], max_seq_len: int | None = None,
     return [g for g in groups if g.responses], stats
 
 
+def group_tokens(g: Group) -> int:
+    return sum(len(g.prompt) + len(r) for r in g.responses) + len(g.prompt) + len(g.reference)
+
+
+def micro_batches(groups: list[Group], budget: int) -> list[list[Group]]:
+    """Consecutive groups in micro-batches of at most ``budget`` tokens (a group is never split;
+    one larger than the budget gets a micro-batch of its own)."""
+    if budget <= 0:
+        return [groups]
+    out: list[list[Group]] = []
+    used = budget + 1
+    for g in groups:
+        n = group_tokens(g)
+        if used + n > budget:
+            out.append([])
+            used = 0
+        out[-1].append(g)
+        used += n
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     input_ids_NT: torch.Tensor

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from grao_pipe import losses
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner import checkpoint
-from grao_pipe.learner.data import Batch, Group, Packed, collate, load_groups, pack
+from grao_pipe.learner.data import Batch, Group, Packed, collate, load_groups, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
@@ -170,20 +170,38 @@ def main(spec_path: str) -> None:
         t0 = time.perf_counter()
         idx = order[s * step_size : (s + 1) * step_size].tolist()
         mine: list[Group] = [groups[i] for i in idx[rank::world]]
-        batch = collate(mine, pad_id)
-        packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
-        loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
-        real_tokens, padded_tokens = (packed.real_tokens, packed.padded_tokens) if packed else (batch.real_tokens, batch.padded_tokens)
-        # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
-        (loss_B.sum() * world / step_size).backward()
+        micro = micro_batches(mine, cfg.micro_batch_tokens)
+        # Every rank must run the same number of forwards (FSDP all-gathers in each one).
+        n_micro = torch.tensor([len(micro)], device=device)
+        dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
+        loss_sum = 0.0
+        term_sums: dict[str, float] = {}
+        diag_sums: dict[str, float] = {}
+        real_tokens = padded_tokens = 0
+        for i in range(int(n_micro)):
+            dummy = i >= len(micro)  # this rank ran out: a zero-weight forward keeps ranks in step
+            batch = collate(micro[0][:1] if dummy else micro[i], pad_id)
+            packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
+            loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
+            model.set_requires_gradient_sync(i == int(n_micro) - 1)  # type: ignore[operator]
+            # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
+            (loss_B.sum() * (0.0 if dummy else world / step_size)).backward()
+            if dummy:
+                continue
+            loss_sum += float(loss_B.detach().sum())
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + float(v.detach().sum())
+            for k, d in diag.items():
+                diag_sums[k] = diag_sums.get(k, 0.0) + d / len(micro)
+            real_tokens += packed.real_tokens if packed else batch.real_tokens
+            padded_tokens += packed.padded_tokens if packed else batch.padded_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        names = sorted(terms)
-        red = torch.tensor([float(loss_B.detach().sum()), *[float(terms[k].detach().sum()) for k in names],
-                            float(real_tokens), float(padded_tokens),
-                            *[diag[k] / world for k in sorted(diag)]], device=device)
+        names = sorted(term_sums)
+        red = torch.tensor([loss_sum, *[term_sums[k] for k in names], float(real_tokens), float(padded_tokens),
+                            *[diag_sums[k] / world for k in sorted(diag_sums)]], device=device)
         dist.all_reduce(red)
         if use_cuda:
             torch.cuda.synchronize()
@@ -195,7 +213,7 @@ def main(spec_path: str) -> None:
             rec: dict[str, Any] = {
                 "step": step, "epoch": epoch, "loss": vals[0] / step_size,
                 **{f"loss_{k}": v / step_size for k, v in zip(names, vals[1 : 1 + nt], strict=True)},
-                **dict(zip(sorted(diag), vals[3 + nt :], strict=True)),
+                **dict(zip(sorted(diag_sums), vals[3 + nt :], strict=True)),
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                 "lr": sched.get_last_lr()[0], "groups": step_size, "real_tokens": int(real),
                 "padding_fraction": 1 - real / max(padded, 1), "tokens_per_s": real / dt,

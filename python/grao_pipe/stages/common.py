@@ -65,7 +65,7 @@ def _make_ref(cfg: PipelineConfig, stage: str, round_: int, section: dict[str, A
 
 
 @cache
-def _digest_of(model_dir: str) -> str:
+def model_digest(model_dir: str) -> str:
     return policy_digest(model_dir)
 
 
@@ -101,7 +101,7 @@ def require(ref: StageRef, consumer: str) -> Manifest:
 
 def generate_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     model_dir = model_for_round(cfg, round_)
-    inputs = {"prompts": prompt_set_fingerprint(cfg.data), "model": _digest_of(str(model_dir)),
+    inputs = {"prompts": prompt_set_fingerprint(cfg.data), "model": model_digest(str(model_dir)),
               "_model_dir": str(model_dir)}
     section = {"generate": cfg.generate.model_dump(exclude=OPERATIONAL_GENERATE_KEYS),
                "trust_remote_code": cfg.model.trust_remote_code}
@@ -117,7 +117,7 @@ def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     inputs: dict[str, Any] = {"generate": gen.fingerprint}
     if cfg.score.reference_logprobs:
         ref_dir = reference_model_dir(cfg)
-        inputs |= {"reference_model": _digest_of(str(ref_dir)), "_reference_model_dir": str(ref_dir)}
+        inputs |= {"reference_model": model_digest(str(ref_dir)), "_reference_model_dir": str(ref_dir)}
     return _make_ref(cfg, "score", round_, cfg.score.model_dump(), inputs)
 
 

@@ -16,9 +16,9 @@ from grao_pipe.config import DataConfig, PipelineConfig
 from grao_pipe.generation import make_sampler
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
-from grao_pipe.stages.common import _digest_of, base_model_dir, stage_lock, train_ref
-from grao_pipe.stages.generate import _prepare_requests
-from grao_pipe.store import _atomic_write_bytes, digest
+from grao_pipe.stages.common import base_model_dir, model_digest, stage_lock, train_ref
+from grao_pipe.stages.generate import prepare_requests
+from grao_pipe.store import atomic_write_bytes, digest
 
 
 def _models(cfg: PipelineConfig) -> tuple[Path, Path]:
@@ -39,7 +39,7 @@ def _answers(cfg: PipelineConfig, model: Path, data: DataConfig) -> tuple[list[A
     run_cfg = cfg.model_copy(update={"generate": gen})
     tok = PolicyTokenizer(model, cfg.model.trust_remote_code)
     sampler = make_sampler(run_cfg, model, tok)
-    requests, _, _ = _prepare_requests(run_cfg, tok, load_prompts(data))
+    requests, _, _ = prepare_requests(run_cfg, tok, load_prompts(data))
     texts: list[str] = []
     for b in range(0, len(requests), ec.batch_size):
         batch = requests[b : b + ec.batch_size]
@@ -57,7 +57,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     data = cfg.data.model_copy(update={"prompts": cfg.eval.prompts or cfg.data.prompts, "limit": cfg.eval.limit})
     scorer_cfg = cfg.eval.scorer or cfg.score.scorers[0]
     key = digest({"v": 2, "eval": cfg.eval.model_dump(), "scorer": scoring.scorer_key(scorer_cfg),
-                  "prompts": prompt_set_fingerprint(data), "base": _digest_of(str(base)), "post": _digest_of(str(post))})
+                  "prompts": prompt_set_fingerprint(data), "base": model_digest(str(base)), "post": model_digest(str(post))})
     out_dir = Path(cfg.workdir) / "eval" / key[:16]
     result_path = out_dir / "eval.json"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +84,6 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         }
         rows = [{"prompt": p, "reference": y, "model": o, "base": b, "r_model": rp, "r_base": rb}
                 for p, y, o, b, rp, rb in zip(prompts, refs, post_texts, pre_texts, r_post.values, r_pre.values, strict=True)]
-        _atomic_write_bytes(out_dir / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
-        _atomic_write_bytes(result_path, json.dumps(result, indent=2).encode())
+        atomic_write_bytes(out_dir / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        atomic_write_bytes(result_path, json.dumps(result, indent=2).encode())
         return {**result, "cached": False, "path": str(result_path)}

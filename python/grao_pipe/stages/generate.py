@@ -38,7 +38,7 @@ def _seed(base: int, shard: int, batch: int) -> int:
     return int(digest({"seed": base, "shard": shard, "batch": batch})[:12], 16)
 
 
-def _prepare_requests(cfg: PipelineConfig, tok: PolicyTokenizer, prompts: list[Prompt]) -> tuple[list[Request], int, int]:
+def prepare_requests(cfg: PipelineConfig, tok: PolicyTokenizer, prompts: list[Prompt]) -> tuple[list[Request], int, int]:
     """Render and tokenize; over-long prompts are truncated from the left or skipped (counted)."""
     limit = cfg.generate.max_prompt_tokens or max(1, tok.context - cfg.generate.max_new_tokens)
     out, skipped, truncated = [], 0, 0
@@ -59,7 +59,7 @@ def _prepare_requests(cfg: PipelineConfig, tok: PolicyTokenizer, prompts: list[P
 def _generate_shard(cfg: PipelineConfig, tok: PolicyTokenizer, sampler: Sampler, prompts: list[Prompt],
                     shard: int, policy: str, progress: Progress, task: Any) -> tuple[pa.Table, dict[bytes, bytes]]:
     gc = cfg.generate
-    requests, skipped, truncated = _prepare_requests(cfg, tok, prompts)
+    requests, skipped, truncated = prepare_requests(cfg, tok, prompts)
     cols: dict[str, list[Any]] = {name: [] for name in GENERATE_SCHEMA.names}
     for b in range(0, len(requests), gc.batch_size):
         batch = requests[b : b + gc.batch_size]
