@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_advantages.py
 	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_loader.py
 
 # The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
 replicate: setup

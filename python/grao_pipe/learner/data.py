@@ -7,9 +7,11 @@ read ``x_NT[n, t]`` for the token predicted at position t.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
@@ -50,44 +52,77 @@ def _fit(prompt_len: int, cont: list, max_len: int | None, mode: str) -> list | 
     return cont[: max_len - prompt_len]
 
 
-def load_groups(shards: list[tuple[Path, str]], max_seq_len: int | None = None,
-                overlong: str = "truncate") -> tuple[list[Group], LoadStats]:
-    """Kept rows of score shards, grouped, in file order (deterministic)."""
-    groups: list[Group] = []
-    stats = LoadStats()
-    for path, sha in shards:
-        table = read_shard(path, "score", sha).select(COLUMNS).filter(pc.field("keep"))
-        cur: Group | None = None
-        skip_group = None
-        for row in table.to_pylist():
-            stats.rows += 1
-            gid, plen = row["group_id"], len(row["prompt_token_ids"])
-            if gid == skip_group:
-                stats.skipped += 1
-                continue
-            if cur is None or cur.group_id != gid:
-                ref = _fit(plen, row["reference_token_ids"], max_seq_len, overlong)
-                if ref is None:
-                    skip_group, cur = gid, None
-                    stats.skipped += 1
-                    continue
-                stats.truncated += ref is not row["reference_token_ids"]
-                ref_lp = row["ref_reference_logprobs"]
-                cur = Group(gid, row["prompt_token_ids"], ref, row["reference_advantage"],
-                            ref_lp[: len(ref)] if ref_lp is not None else None)
-                groups.append(cur)
-            resp = _fit(plen, row["response_token_ids"], max_seq_len, overlong)
+class GroupStore:
+    """Random access to the kept groups of score shards, with memory flat in dataset size.
+
+    Each shard's kept rows are converted once (one shard at a time) to an uncompressed Arrow IPC
+    file under ``cache_dir`` and memory-mapped: slicing a group is zero-copy and the OS pages in
+    only what a step touches. In memory: 3 integers per group.
+    """
+
+    def __init__(self, shards: list[tuple[Path, str]], cache_dir: Path, max_seq_len: int | None = None,
+                 overlong: str = "truncate"):
+        import numpy as np
+
+        self.max_seq_len, self.overlong = max_seq_len, overlong
+        self.stats = LoadStats()
+        self.tables = []
+        spans: list[np.ndarray] = []
+        for i, (path, sha) in enumerate(shards):
+            table = self._open(cache_dir / f"{i:05d}-{sha[:16]}.arrow", path, sha)
+            self.stats.rows += table.num_rows
+            ids = table["group_id"]
+            if table.num_rows:
+                change = pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))
+                starts = np.concatenate([[0], pc.indices_nonzero(change).to_numpy() + 1])
+                ends = np.append(starts[1:], table.num_rows)
+                spans.append(np.stack([np.full(len(starts), i), starts, ends - starts], axis=1))
+            self.tables.append(table)
+        self.index = np.concatenate(spans) if spans else np.zeros((0, 3), dtype=np.int64)
+        self._seen: set[int] = set()
+
+    @staticmethod
+    def _open(ipc: Path, path: Path, sha: str) -> pa.Table:
+        if not ipc.exists():  # one writer per file (rank 0 converts, see prepare_cache)
+            table = read_shard(path, "score", sha).select(COLUMNS).filter(pc.field("keep"))
+            tmp = ipc.with_name(f".tmp-{ipc.name}.{os.getpid()}")
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            tmp.replace(ipc)
+        return pa.ipc.open_file(pa.memory_map(str(ipc))).read_all()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def group(self, k: int) -> Group:
+        t, off, n = (int(x) for x in self.index[k])
+        rows = self.tables[t].slice(off, n).to_pylist()
+        count = k not in self._seen  # LoadStats count each group once, not once per epoch
+        self._seen.add(k)
+        first = rows[0]
+        plen = len(first["prompt_token_ids"])
+        ref = _fit(plen, first["reference_token_ids"], self.max_seq_len, self.overlong)
+        if ref is None:  # the reference cannot fit: the group trains on its samples only
+            ref, ref_lp = first["prompt_token_ids"][-1:], None
+            self.stats.skipped += count
+        else:
+            self.stats.truncated += count and ref is not first["reference_token_ids"]
+            ref_lp = first["ref_reference_logprobs"]
+        grp = Group(first["group_id"], first["prompt_token_ids"], ref, first["reference_advantage"],
+                    ref_lp[: len(ref)] if ref_lp is not None else None)
+        for row in rows:
+            resp = _fit(plen, row["response_token_ids"], self.max_seq_len, self.overlong)
             if resp is None:
-                stats.skipped += 1
+                self.stats.skipped += count
                 continue
-            stats.truncated += resp is not row["response_token_ids"]
-            cur.responses.append(resp)
-            cur.advantages.append(row["advantage"])
-            cur.rewards.append(row["reward"])
+            self.stats.truncated += count and resp is not row["response_token_ids"]
             b, r = row["behaviour_logprobs"], row["ref_logprobs"]
-            cur.behaviour.append(b[: len(resp)] if b is not None else None)
-            cur.ref.append(r[: len(resp)] if r is not None else None)
-    return [g for g in groups if g.responses], stats
+            grp.responses.append(resp)
+            grp.advantages.append(row["advantage"])
+            grp.rewards.append(row["reward"])
+            grp.behaviour.append(b[: len(resp)] if b is not None else None)
+            grp.ref.append(r[: len(resp)] if r is not None else None)
+        return grp
 
 
 def group_tokens(g: Group) -> int:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from grao_pipe import losses
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner import checkpoint
-from grao_pipe.learner.data import Batch, Group, Packed, collate, load_groups, micro_batches, pack
+from grao_pipe.learner.data import Batch, Group, GroupStore, Packed, collate, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
@@ -136,7 +136,13 @@ def main(spec_path: str) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
 
-    groups, load_stats = load_groups([(Path(p), sha) for p, sha in spec["shards"]], cfg.max_seq_len, cfg.overlong)
+    shards = [(Path(p), sha) for p, sha in spec["shards"]]
+    cache_dir = out / "cache"
+    if rank == 0:  # convert each shard once, then every rank memory-maps the same files
+        cache_dir.mkdir(exist_ok=True)
+        GroupStore(shards, cache_dir)
+    dist.barrier()
+    groups = GroupStore(shards, cache_dir, cfg.max_seq_len, cfg.overlong)
     step_size = min(cfg.groups_per_step, len(groups))
     if step_size < world:
         raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
@@ -169,7 +175,7 @@ def main(spec_path: str) -> None:
         order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         t0 = time.perf_counter()
         idx = order[s * step_size : (s + 1) * step_size].tolist()
-        mine: list[Group] = [groups[i] for i in idx[rank::world]]
+        mine: list[Group] = [groups.group(i) for i in idx[rank::world]]
         micro = micro_batches(mine, cfg.micro_batch_tokens)
         # Every rank must run the same number of forwards (FSDP all-gathers in each one).
         n_micro = torch.tensor([len(micro)], device=device)
@@ -233,13 +239,17 @@ def main(spec_path: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     checkpoint.save(ckpt_root, total_steps, model, opt, {"step": total_steps, "spec_digest": spec["spec_digest"]})
+    # Each rank counted truncations/skips of the groups it materialised.
+    counts = torch.tensor([groups.stats.truncated, groups.stats.skipped], device=device)
+    dist.all_reduce(counts)
+    load_stats = {"rows": groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
         export.load_state_dict(full)
         export.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
-        (out / "load_stats.json").write_text(json.dumps(vars(load_stats)))
+        (out / "load_stats.json").write_text(json.dumps(load_stats))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -94,6 +94,7 @@ def _run(cfg: PipelineConfig, round_: int, force: bool) -> Outcome:
     if proc.returncode != 0 or not (ref.directory / "model" / "config.json").is_file():
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
         raise StageFailed(f"train (round {round_}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
+    shutil.rmtree(ref.directory / "cache", ignore_errors=True)  # derived copy of score's shards
     metrics = read_metrics(ref.directory)
     terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
     stats = {
