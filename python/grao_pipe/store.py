@@ -28,7 +28,6 @@ from grao_pipe.schemas import (
     META_VERSION,
     SCHEMA_VERSION,
     SCHEMAS,
-    SHARD_SUFFIX,
     TMP_PREFIX,
 )
 
@@ -203,7 +202,3 @@ def clean_temporaries(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-
-
-def list_shards(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith(TMP_PREFIX))
