@@ -102,13 +102,13 @@ def _entry(path: Path) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False, part: tuple[int, int] = (0, 1)) -> Outcome:
-    with stage_lock(generate_ref(cfg, round_), f".part-{part[0]}-of-{part[1]}" if part[1] > 1 else ""):
-        return _run(cfg, round_, force, part)
+    ref = generate_ref(cfg, round_)
+    with stage_lock(ref, f".part-{part[0]}-of-{part[1]}" if part[1] > 1 else ""):
+        return _run(cfg, round_, force, ref, part)
 
 
-def _run(cfg: PipelineConfig, round_: int, force: bool, part: tuple[int, int] = (0, 1)) -> Outcome:
+def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef, part: tuple[int, int] = (0, 1)) -> Outcome:
     k, n_parts = part
-    ref: StageRef = generate_ref(cfg, round_)
     cached = prepare(ref, force and k == 0)  # with --shard, only worker 0 may wipe on --force
     if cached is not None:
         return Outcome(ref, True, cached)

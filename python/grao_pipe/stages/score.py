@@ -141,14 +141,14 @@ def _stats(scored: pa.Table) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    with stage_lock(score_ref(cfg, round_), ""):
-        return _run(cfg, round_, force)
+    ref = score_ref(cfg, round_)
+    with stage_lock(ref, ""):
+        return _run(cfg, round_, force, ref)
 
 
-def _run(cfg: PipelineConfig, round_: int, force: bool) -> Outcome:
+def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
     gen_ref = generate_ref(cfg, round_)
     gen = require(gen_ref, "score")
-    ref: StageRef = score_ref(cfg, round_)
     cached = prepare(ref, force)
     if cached is not None:
         return Outcome(ref, True, cached)

@@ -17,6 +17,7 @@ from grao_pipe.errors import InputError, StageFailed
 from grao_pipe.models import policy_digest
 from grao_pipe.stages.common import (
     Outcome,
+    StageRef,
     Timer,
     prepare,
     require,
@@ -58,14 +59,14 @@ def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    with stage_lock(train_ref(cfg, round_), ""):
-        return _run(cfg, round_, force)
+    ref = train_ref(cfg, round_)
+    with stage_lock(ref, ""):
+        return _run(cfg, round_, force, ref)
 
 
-def _run(cfg: PipelineConfig, round_: int, force: bool) -> Outcome:
+def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
     sc_ref = score_ref(cfg, round_)
     sc = require(sc_ref, "train")
-    ref = train_ref(cfg, round_)
     cached = prepare(ref, force)
     if cached is not None:
         return Outcome(ref, True, cached)
