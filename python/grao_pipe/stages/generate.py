@@ -81,7 +81,9 @@ def _generate_shard(cfg: PipelineConfig, tok: PolicyTokenizer, sampler: Sampler,
                 for k, v in row.items():
                     cols[k].append(v)
         new_tokens = sum(len(s.token_ids) for g in groups for s in g)
-        progress.update(task, advance=len(batch), tokens=progress.tasks[task].fields["tokens"] + new_tokens)
+        tokens = progress.tasks[task].fields["tokens"] + new_tokens
+        elapsed = progress.tasks[task].elapsed or 1e-9
+        progress.update(task, advance=len(batch), tokens=tokens, tok_s=tokens / elapsed)
     progress.update(task, advance=skipped)
     meta = {META_PROMPTS_SKIPPED: str(skipped).encode(), META_PROMPTS_TRUNCATED: str(truncated).encode()}
     return pa.Table.from_pydict(cols, schema=GENERATE_SCHEMA), meta
@@ -124,9 +126,9 @@ def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef, part: tup
         tok = PolicyTokenizer(model_dir, cfg.model.trust_remote_code)
         sampler = make_sampler(cfg, model_dir, tok)
         columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                   TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens"))
+                   TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))
         with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
-            task = progress.add_task("generate", total=sum(len(prompts[i * per : (i + 1) * per]) for i in todo), tokens=0)
+            task = progress.add_task("generate", total=sum(len(prompts[i * per : (i + 1) * per]) for i in todo), tokens=0, tok_s=0.0)
             for i in todo:
                 table, meta = _generate_shard(cfg, tok, sampler, prompts[i * per : (i + 1) * per], i,
                                               ref.inputs["model"], progress, task)
