@@ -20,6 +20,7 @@ from typing import Any
 
 from grao_pipe.config import DataConfig
 from grao_pipe.errors import InputError
+from grao_pipe.store import content_sha256
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -54,11 +55,7 @@ def resolve_prompt_path(spec: str) -> Path:
 
 def prompt_set_fingerprint(cfg: DataConfig) -> dict[str, object]:
     path = resolve_prompt_path(cfg.prompts)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return {"sha256": h.hexdigest(), **cfg.model_dump(exclude={"prompts"})}
+    return {"sha256": content_sha256(path), **cfg.model_dump(exclude={"prompts"})}
 
 
 def _rows(path: Path) -> Iterator[tuple[int, object]]:

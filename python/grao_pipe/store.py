@@ -7,6 +7,7 @@ an unfinished stage that the next run resumes, keeping the shards it already com
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,20 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def content_sha256(path: Path | str) -> str:
+    """sha256 of an input file (prompt set, model weights), hashed once per process for a given
+    (path, size, mtime): stage keys are computed several times per run and must not re-read
+    gigabytes each time. Shard checksums use ``file_sha256``, which always reads."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _content_sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from grao_pipe.errors import InputError
+from grao_pipe.store import content_sha256
 
 # Files that decide what a policy computes: weights, tokenizer, chat template, configs.
 _DIGEST_GLOBS = ("*.safetensors", "*.bin", "config.json", "generation_config.json",
@@ -19,10 +20,6 @@ def policy_digest(model_dir: str | Path) -> str:
     if not (root / "config.json").is_file():
         raise InputError(f"model path {root} is not a Hugging Face model directory (no config.json)")
     h = hashlib.sha256()
-    files = sorted({p for g in _DIGEST_GLOBS for p in root.glob(g) if p.is_file()})
-    for p in files:
-        h.update(p.name.encode() + b"\x00")
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+    for p in sorted({p for g in _DIGEST_GLOBS for p in root.glob(g) if p.is_file()}):
+        h.update(f"{p.name}\x00{content_sha256(p)}\n".encode())
     return h.hexdigest()[:32]

@@ -14,7 +14,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +63,8 @@ def _make_ref(cfg: PipelineConfig, stage: str, round_: int, section: dict[str, A
     return StageRef(stage, round_, key, Path(cfg.workdir) / stage / key[:16], section, inputs)
 
 
-@cache
 def model_digest(model_dir: str) -> str:
-    return policy_digest(model_dir)
+    return policy_digest(model_dir)  # per-file hashes are memoised by (path, size, mtime)
 
 
 def base_model_dir(cfg: PipelineConfig) -> Path:

@@ -16,7 +16,14 @@ from grao_pipe.config import DataConfig, PipelineConfig
 from grao_pipe.generation import make_sampler
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
-from grao_pipe.stages.common import base_model_dir, model_digest, stage_lock, train_ref
+from grao_pipe.stages.common import (
+    StageRef,
+    base_model_dir,
+    model_digest,
+    require,
+    stage_lock,
+    train_ref,
+)
 from grao_pipe.stages.generate import prepare_requests
 from grao_pipe.store import atomic_write_bytes, digest
 
@@ -26,8 +33,6 @@ def _models(cfg: PipelineConfig) -> tuple[Path, Path]:
     if cfg.eval.model:
         return base, Path(cfg.eval.model)
     last = train_ref(cfg, cfg.run.rounds)
-    from grao_pipe.stages.common import require
-
     require(last, "eval")
     return base, last.directory / "model"
 
@@ -61,8 +66,6 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     out_dir = Path(cfg.workdir) / "eval" / key[:16]
     result_path = out_dir / "eval.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from grao_pipe.stages.common import StageRef
-
     with stage_lock(StageRef("eval", 0, key, out_dir, {}, {})):
         if result_path.is_file() and not force:
             return {**json.loads(result_path.read_text()), "cached": True}
