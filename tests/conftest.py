@@ -94,3 +94,53 @@ def openai_server(tiny_model_dir, tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> str:
+    """A real S3-compatible HTTP server (moto in server mode) on a free local port."""
+    import subprocess
+    import time
+
+    import httpx
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"moto server exited early; see {log.name}")
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not answer in 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, tmp_path):
+    """Credentials and endpoint in the environment (inherited by CLI subprocesses), a fresh
+    bucket, and a local mirror cache under tmp_path. Returns (bucket URL, boto3 client)."""
+    import uuid
+
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "GRAO_PIPE_CACHE": str(tmp_path / "cache-a")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"team-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}", client

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from grao_pipe import __version__
 from grao_pipe.errors import GraoError
+from grao_pipe.remote import display, local_workdir, publish
 
 if TYPE_CHECKING:
     from grao_pipe.stages.common import Outcome
@@ -213,7 +214,7 @@ _workdir_opt = click.option("--workdir", "-w", default=None, help="Default: the 
 
 
 def _workdir(config_path: str | None, workdir: str | None) -> Path:
-    return Path(workdir) if workdir else Path(_load(config_path, ()).workdir)
+    return local_workdir(workdir or _load(config_path, ()).workdir)
 
 
 @datasets_group.command("list")
@@ -255,7 +256,10 @@ def datasets_show(config_path: str | None, workdir: str | None, key: str, write:
         text = json.dumps(c, indent=2)
         click.echo(text)
         if write:
-            (d / "card.json").write_text(text + "\n")
+            from grao_pipe.store import atomic_write_bytes
+
+            atomic_write_bytes(d / "card.json", (text + "\n").encode())
+            publish(d / "card.json")  # beside the dataset on a remote workdir too
 
     _guard(go)
 
@@ -278,7 +282,7 @@ def datasets_verify(config_path: str | None, workdir: str | None, key: str | Non
         for d, _ in targets:
             problems = verify(d)
             bad += bool(problems)
-            console.print(f"{d}: {'ok' if not problems else 'FAILED'}", markup=False)
+            console.print(f"{display(d)}: {'ok' if not problems else 'FAILED'}", markup=False)
             for p in problems:
                 console.print(f"  {p}", markup=False)
         if bad:

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from grao_pipe.errors import InputError
+from grao_pipe.remote import subdirectories
 from grao_pipe.store import Manifest, read_manifest, read_stage_table
 
 DATASET_STAGES = ("generate", "score")
@@ -21,7 +22,7 @@ DATASET_STAGES = ("generate", "score")
 def versions(workdir: Path) -> list[tuple[Path, Manifest]]:
     out = []
     for stage in DATASET_STAGES:
-        for d in sorted((workdir / stage).glob("*/")):
+        for d in subdirectories(workdir / stage):
             m = read_manifest(d)
             if m is not None:
                 out.append((d, m))

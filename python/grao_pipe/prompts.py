@@ -20,6 +20,7 @@ from typing import Any
 
 from grao_pipe.config import DataConfig
 from grao_pipe.errors import InputError
+from grao_pipe.remote import local_input
 from grao_pipe.store import content_sha256
 
 BUILTIN_PREFIX = "builtin:"
@@ -47,7 +48,7 @@ def resolve_prompt_path(spec: str) -> Path:
         if not path.is_file():
             raise InputError(f"data.prompts: no bundled prompt set named {name!r} (available: builtin:arith)")
         return path
-    path = Path(spec)
+    path = local_input(spec)
     if not path.is_file():
         raise InputError(f"data.prompts: prompt file {path} does not exist")
     return path

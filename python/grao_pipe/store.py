@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grao_pipe import __version__
+from grao_pipe import __version__, remote
 from grao_pipe.errors import DataError
 from grao_pipe.schemas import (
     MANIFEST_NAME,
@@ -87,6 +87,7 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    remote.publish(path)
     return {"name": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
 
 
@@ -164,12 +165,13 @@ def write_manifest(
         "stats": stats,
     }
     atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(data, indent=2, default=str).encode())
+    remote.publish_tree(directory)  # a remote workdir: whatever is missing there, manifest last
     return Manifest(stage, key, data)
 
 
 def read_manifest(directory: Path) -> Manifest | None:
     path = directory / MANIFEST_NAME
-    if not path.is_file():
+    if not path.is_file() and not remote.pull_tree(directory, finished_only=True):
         return None
     try:
         data = json.loads(path.read_text())

@@ -6,16 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-BIN = [sys.executable, "-m", "grao_pipe.cli"]
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([*BIN, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+from cli_runner import BIN, cli
 
 
 def test_help_works_without_torch():

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from importlib import resources
-from pathlib import Path
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
+from grao_pipe.remote import local_input
 from grao_pipe.scoring.base import ScoreResult
 
 CRITERIA = {
@@ -45,7 +45,7 @@ def parse_verdict(answer: str) -> int | None:
 def load_template(path: str | None) -> str:
     if path is None:
         return (resources.files("grao_pipe") / "data" / "judge_template.txt").read_text()
-    p = Path(path)
+    p = local_input(path)
     if not p.is_file():
         raise ConfigError(f"score.scorers[judge].template: file {p} does not exist")
     text = p.read_text()

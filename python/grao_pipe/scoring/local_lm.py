@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from grao_pipe.errors import InputError
+from grao_pipe.remote import local_input
 
 
 class LocalChat:
@@ -15,14 +14,15 @@ class LocalChat:
         from grao_pipe._quiet import quiet_transformers
 
         quiet_transformers()
-        if not (Path(model_dir) / "config.json").is_file():
-            raise InputError(f"judge model {model_dir} is not a local Hugging Face model directory")
+        path = local_input(model_dir)
+        if not (path / "config.json").is_file():
+            raise InputError(f"judge model {model_dir} is not a Hugging Face model directory")
         self._torch = torch
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.tok = AutoTokenizer.from_pretrained(path)
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 

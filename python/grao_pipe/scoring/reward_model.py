@@ -7,10 +7,10 @@ token, so a sequence's score does not depend on which batch it landed in.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from grao_pipe.config import RewardModelScorer
 from grao_pipe.errors import InputError
+from grao_pipe.remote import local_input
 from grao_pipe.scoring.base import ScoreResult
 
 
@@ -22,13 +22,14 @@ class RewardModel:
         from grao_pipe._quiet import quiet_transformers
 
         quiet_transformers()
-        if not (Path(cfg.path) / "config.json").is_file():
+        path = local_input(cfg.path)
+        if not (path / "config.json").is_file():
             raise InputError(f"score.scorers[{cfg.name}].path: {cfg.path} is not a Hugging Face model directory")
         self.cfg = cfg
         self.name = cfg.name
         self._torch = torch
-        self.tok = AutoTokenizer.from_pretrained(cfg.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(cfg.path).eval()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
 
     def rewards(self, texts: list[str]) -> list[float]:
         """r(text) for each text, batched by length."""

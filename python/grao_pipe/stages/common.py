@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grao_pipe import remote
 from grao_pipe.config import PipelineConfig
 from grao_pipe.errors import Locked, StageNotReady
 from grao_pipe.models import policy_digest
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
+from grao_pipe.remote import local_input, local_workdir
 from grao_pipe.store import Manifest, clean_temporaries, digest, read_manifest
 
 # Bump when a stage's output for the same inputs and config changes meaning.
@@ -60,7 +62,7 @@ def _make_ref(cfg: PipelineConfig, stage: str, round_: int, section: dict[str, A
     # Keys starting with "_" are informational (local paths) and do not enter the cache key.
     hashed = {k: v for k, v in inputs.items() if not k.startswith("_")}
     key = digest({"stage": stage, "code": CODE_VERSIONS[stage], "config": section, "inputs": hashed})
-    return StageRef(stage, round_, key, Path(cfg.workdir) / stage / key[:16], section, inputs)
+    return StageRef(stage, round_, key, local_workdir(cfg.workdir) / stage / key[:16], section, inputs)
 
 
 def model_digest(model_dir: str) -> str:
@@ -69,12 +71,12 @@ def model_digest(model_dir: str) -> str:
 
 def base_model_dir(cfg: PipelineConfig) -> Path:
     if cfg.model.path is not None:
-        return Path(cfg.model.path)
+        return local_input(cfg.model.path)
     from grao_pipe.models.tiny import build_tiny_model
 
     prompts = load_prompts(cfg.data)
     corpus = [t for p in prompts for t in (p.text or "", p.reference)]
-    return build_tiny_model(cfg.model.tiny, corpus, Path(cfg.workdir) / "models")
+    return build_tiny_model(cfg.model.tiny, corpus, local_workdir(cfg.workdir) / "models")
 
 
 def model_for_round(cfg: PipelineConfig, round_: int) -> Path:
@@ -107,7 +109,7 @@ def generate_ref(cfg: PipelineConfig, round_: int) -> StageRef:
 
 
 def reference_model_dir(cfg: PipelineConfig) -> Path:
-    return Path(cfg.score.reference_model) if cfg.score.reference_model else base_model_dir(cfg)
+    return local_input(cfg.score.reference_model) if cfg.score.reference_model else base_model_dir(cfg)
 
 
 def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
@@ -151,13 +153,16 @@ def stage_lock(ref: StageRef, suffix: str = "") -> Iterator[None]:
 
 def prepare(ref: StageRef, force: bool) -> Manifest | None:
     """Return the cached manifest, or make the directory ready for a (resumed) run."""
-    if force and ref.directory.exists():
-        shutil.rmtree(ref.directory)
+    if force:
+        shutil.rmtree(ref.directory, ignore_errors=True)
+        remote.delete_tree(ref.directory)
     m = ref.manifest()
     if m is not None:
         return m
     ref.directory.mkdir(parents=True, exist_ok=True)
     clean_temporaries(ref.directory)
+    remote.clean_remote_temporaries(ref.directory)
+    remote.pull_tree(ref.directory, finished_only=False)  # shards other runs committed: resume
     return None
 
 

@@ -16,6 +16,7 @@ from grao_pipe.config import DataConfig, PipelineConfig
 from grao_pipe.generation import make_sampler
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
+from grao_pipe.remote import local_input, local_workdir
 from grao_pipe.stages.common import (
     StageRef,
     base_model_dir,
@@ -29,9 +30,9 @@ from grao_pipe.store import atomic_write_bytes, digest
 
 
 def _models(cfg: PipelineConfig) -> tuple[Path, Path]:
-    base = Path(cfg.eval.base_model) if cfg.eval.base_model else base_model_dir(cfg)
+    base = local_input(cfg.eval.base_model) if cfg.eval.base_model else base_model_dir(cfg)
     if cfg.eval.model:
-        return base, Path(cfg.eval.model)
+        return base, local_input(cfg.eval.model)
     last = train_ref(cfg, cfg.run.rounds)
     require(last, "eval")
     return base, last.directory / "model"
@@ -63,7 +64,7 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
     scorer_cfg = cfg.eval.scorer or cfg.score.scorers[0]
     key = digest({"v": 2, "eval": cfg.eval.model_dump(), "scorer": scoring.scorer_key(scorer_cfg),
                   "prompts": prompt_set_fingerprint(data), "base": model_digest(str(base)), "post": model_digest(str(post))})
-    out_dir = Path(cfg.workdir) / "eval" / key[:16]
+    out_dir = local_workdir(cfg.workdir) / "eval" / key[:16]
     result_path = out_dir / "eval.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     with stage_lock(StageRef("eval", 0, key, out_dir, {}, {})):

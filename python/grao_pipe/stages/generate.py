@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from grao_pipe import remote
 from grao_pipe.config import PipelineConfig
 from grao_pipe.generation import Request, Sampler, make_sampler
 from grao_pipe.generation.tokenizer import PolicyTokenizer
@@ -133,6 +134,8 @@ def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef, part: tup
                 table, meta = _generate_shard(cfg, tok, sampler, prompts[i * per : (i + 1) * per], i,
                                               ref.inputs["model"], progress, task)
                 write_shard(paths[i], table, "generate", meta=meta)
+    # Workers on other machines publish to a remote workdir: fetch what they committed meanwhile.
+    remote.pull_tree(ref.directory, finished_only=False)
     if not all(shard_is_committed(p, "generate") for p in paths):
         missing = [p.name for p in paths if not shard_is_committed(p, "generate")]
         note = f"part {k}/{n_parts} done; {len(missing)} shard(s) of other workers missing, no manifest yet"

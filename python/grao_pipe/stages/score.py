@@ -7,7 +7,6 @@ never a scorer; adding a scorer runs only that one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -16,6 +15,7 @@ import pyarrow.compute as pc
 from grao_pipe import advantages, scoring
 from grao_pipe.config import PipelineConfig, ScorerConfig
 from grao_pipe.errors import DataError
+from grao_pipe.remote import local_workdir
 
 if TYPE_CHECKING:
     from grao_pipe.reference_model import ReferenceModel
@@ -46,7 +46,7 @@ class _Rewards:
 
     def __init__(self, cfg: PipelineConfig, scorer_cfg: ScorerConfig, gen_key: str):
         self.cfg = scorer_cfg
-        self.dir = Path(cfg.workdir) / "rewards" / scoring.scorer_key(scorer_cfg)[:16] / gen_key[:16]
+        self.dir = local_workdir(cfg.workdir) / "rewards" / scoring.scorer_key(scorer_cfg)[:16] / gen_key[:16]
         self._scorer: Scorer | None = None
         self.computed = 0  # shards scored in this run (0 when everything came from the cache)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from grao_pipe.config import PipelineConfig
 from grao_pipe.errors import StageNotReady
+from grao_pipe.remote import local_workdir
 from grao_pipe.schemas import MANIFEST_NAME
 from grao_pipe.stages.common import STAGES, generate_ref, score_ref, train_ref
 
@@ -37,7 +38,7 @@ def _other_versions(workdir: Path, stage: str, round_: int, key: str | None) -> 
 
 
 def status(cfg: PipelineConfig) -> list[StageStatus]:
-    workdir = Path(cfg.workdir)
+    workdir = local_workdir(cfg.workdir)
     rows: list[StageStatus] = []
     for round_ in range(1, cfg.run.rounds + 1):
         for stage in STAGES:
