@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from grao_pipe import __version__
-from grao_pipe.errors import GraoError
+from grao_pipe.errors import FULL_ERRNOS, GraoError, storage_full
 from grao_pipe.remote import display, local_workdir, publish
 
 if TYPE_CHECKING:
@@ -43,8 +43,16 @@ def _guard(fn: Callable[[], Any]) -> None:
     try:
         fn()
     except GraoError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        _fail(e)
+    except OSError as e:  # a full disk outside the store's commit points (logs, caches, exports)
+        if e.errno not in FULL_ERRNOS:
+            raise
+        _fail(storage_full(e, e.filename or "an output file"))
+
+
+def _fail(e: GraoError) -> None:
+    console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    sys.exit(e.exit_code)
 
 
 def _say(o: Outcome) -> None:

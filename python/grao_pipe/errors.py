@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class GraoError(Exception):
     """Base class. Messages name the file, row or key and say what to do."""
@@ -37,6 +39,22 @@ class StageFailed(GraoError):
     """A stage's worker process failed (e.g. the torchrun learner)."""
 
     exit_code = 6
+
+
+class StorageFull(GraoError):
+    """An output could not be written: no space left, quota or file-size limit (EX_IOERR)."""
+
+    exit_code = 74
+
+
+# errno values that mean "the disk is full" to a user: ENOSPC, EDQUOT, EFBIG.
+FULL_ERRNOS = (28, 122, 27)
+
+
+def storage_full(e: OSError, what: str) -> StorageFull:
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    return StorageFull(f"{what}: cannot write ({reason}); free space and re-run the stage, "
+                       "which keeps every shard committed so far")
 
 
 class Locked(GraoError):

@@ -6,6 +6,8 @@ This module is the only place that knows what a stage writes; stages talk throug
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
@@ -14,6 +16,14 @@ META_STAGE = b"grao_pipe.stage"
 
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".parquet"
+
+# Upgrades applied when an older shard is read: MIGRATIONS[v](table, stage) turns a version-v
+# table into version v+1 (add a column with its default, rename, recompute). Each bump of
+# SCHEMA_VERSION adds one entry, so datasets other teams made with older releases stay readable
+# without rewriting them (their checksums, and so every cache key built on them, stay valid).
+# v1 is the first published contract: there is nothing to migrate from yet.
+Migration = Callable[[pa.Table, str], pa.Table]
+MIGRATIONS: dict[int, Migration] = {}
 TMP_PREFIX = ".tmp-"
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])

@@ -7,13 +7,14 @@ an unfinished stage that the next run resumes, keeping the shards it already com
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grao_pipe import __version__, remote
-from grao_pipe.errors import DataError
+from grao_pipe.errors import FULL_ERRNOS, DataError, storage_full
 from grao_pipe.schemas import (
     MANIFEST_NAME,
     META_STAGE,
     META_VERSION,
+    MIGRATIONS,
     SCHEMA_VERSION,
     SCHEMAS,
     TMP_PREFIX,
@@ -64,13 +66,27 @@ def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _committing(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; rename it into place only if the body (which
+    writes and fsyncs it) succeeds. On failure the temporary is removed, so nothing partial is
+    ever visible, and a full disk becomes a StorageFull error that names the file."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as f:
+    try:
+        yield tmp
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            raise storage_full(e, str(path)) from None
+        raise
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _committing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
@@ -82,11 +98,10 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     table = table.select(schema.names + [f.name for f in extra]) if extra else table.select(schema.names)
     full = pa.schema(list(schema) + extra, metadata=schema.metadata)
     table = table.cast(full)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _committing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     remote.publish(path)
     return {"name": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
 
@@ -100,17 +115,33 @@ def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
     meta = table.schema.metadata or {}
-    version = meta.get(META_VERSION)
-    if version != str(SCHEMA_VERSION).encode():
-        raise DataError(
-            f"{path}: schema version {version!r} is not {SCHEMA_VERSION}; "
-            "it was written by another grao-pipe version"
-        )
+    table = _upgrade(path, table, _schema_version(path, meta.get(META_VERSION)), stage)
     if meta.get(META_STAGE) != stage.encode():
         raise DataError(f"{path}: written by stage {meta.get(META_STAGE)!r}, expected {stage!r}")
     missing = [n for n in SCHEMAS[stage].names if n not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {missing}")
+    return table
+
+
+def _schema_version(path: Path, raw: bytes | None) -> int:
+    try:
+        return int(raw or b"")
+    except ValueError:
+        raise DataError(f"{path}: no grao-pipe schema version in its metadata (found {raw!r}); "
+                        "it was not written by grao-pipe") from None
+
+
+def _upgrade(path: Path, table: pa.Table, version: int, stage: str) -> pa.Table:
+    """Bring a shard of an older data contract to the current one (schemas.MIGRATIONS)."""
+    if version > SCHEMA_VERSION:
+        raise DataError(f"{path}: schema version {version} is newer than this grao-pipe's "
+                        f"({SCHEMA_VERSION}); upgrade grao-pipe to read it")
+    if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+        raise DataError(f"{path}: schema version {version} is older than {SCHEMA_VERSION} and no "
+                        "migration exists for it; re-run the stage that made it with --force")
+    for v in range(version, SCHEMA_VERSION):
+        table = MIGRATIONS[v](table, stage)
     return table
 
 

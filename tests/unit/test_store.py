@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grao_pipe.errors import DataError
-from grao_pipe.schemas import GENERATE_SCHEMA, META_VERSION, SCHEMA_VERSION, shard_name
+from grao_pipe.schemas import GENERATE_SCHEMA, META_VERSION, MIGRATIONS, SCHEMA_VERSION, shard_name
 from grao_pipe.store import (
     clean_temporaries,
     read_manifest,
@@ -45,12 +45,38 @@ def test_checksum_mismatch_and_truncation_are_detected(tmp_path):
     assert not shard_is_committed(path, "generate")
 
 
-def test_other_schema_version_is_refused(tmp_path):
-    path = tmp_path / "old.parquet"
-    table = _rows().replace_schema_metadata({META_VERSION: b"0", b"grao_pipe.stage": b"generate"})
+@pytest.mark.parametrize(("version", "message"), [
+    (b"0", "older than 1 and no migration exists"),
+    (b"7", "newer than this grao-pipe's"),
+    (b"v1", "no grao-pipe schema version"),
+])
+def test_unknown_schema_versions_are_refused_with_what_to_do(tmp_path, version, message):
+    path = tmp_path / "other.parquet"
+    table = _rows().replace_schema_metadata({META_VERSION: version, b"grao_pipe.stage": b"generate"})
     pq.write_table(table, path)
-    with pytest.raises(DataError, match="schema version"):
+    with pytest.raises(DataError, match=message):
         read_shard(path, "generate")
+
+
+def test_older_shards_are_migrated_on_read(tmp_path, monkeypatch):
+    """A release with contract v2 reads a v1 dataset through MIGRATIONS[1], checksum intact."""
+    import pyarrow.compute as pc
+
+    import grao_pipe.store
+
+    path = tmp_path / shard_name(0, 1)
+    entry = write_shard(path, _rows(3), "generate")  # written as v1
+    monkeypatch.setattr(grao_pipe.store, "SCHEMA_VERSION", 2)
+
+    def v1_to_v2(table: pa.Table, stage: str) -> pa.Table:
+        return table.append_column("response_chars", pc.utf8_length(table["response"]))
+
+    with pytest.raises(DataError, match="no migration exists"):
+        read_shard(path, "generate", entry["sha256"])
+    monkeypatch.setitem(MIGRATIONS, 1, v1_to_v2)
+    table = read_shard(path, "generate", entry["sha256"])
+    assert table["response_chars"].to_pylist() == [1, 1, 1]
+    assert table["sample_idx"].to_pylist() == [0, 1, 2]
 
 
 def test_missing_column_is_rejected_on_write(tmp_path):
