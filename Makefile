@@ -6,12 +6,13 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 VENV := .venv
+AIRFLOW_VENV := .venv-airflow
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test lint fmt bench replicate clean
+.PHONY: setup demo test test-airflow lint fmt bench replicate clean
 
 setup: $(NATIVE)
 
@@ -30,7 +31,13 @@ demo: setup
 
 test: setup
 	cargo test -q --release
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/airflow
+	$(MAKE) --no-print-directory test-airflow
+
+# The Airflow DAG under a real Airflow, running the real CLI (own venv: its pins conflict with .venv)
+test-airflow: setup
+	pipelines/airflow/setup.sh
+	$(AIRFLOW_VENV)/bin/python -m pytest -q tests/airflow
 
 lint: setup
 	$(BIN)/ruff check python tests benchmarks pipelines experiments
@@ -53,4 +60,4 @@ replicate: setup
 	$(BIN)/python experiments/replicate.py
 
 clean:
-	rm -rf $(VENV) target runs
+	rm -rf $(VENV) $(AIRFLOW_VENV) target runs

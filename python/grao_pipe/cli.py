@@ -29,6 +29,10 @@ _config_opt = click.option("-c", "--config", "config_path", type=click.Path(dir_
                            help="YAML config (see pipelines/demo.yaml).")
 _overrides = click.argument("overrides", nargs=-1)
 _force = click.option("--force", is_flag=True, help="Redo the stage even if its output is cached.")
+# Schedulers: exit with this code when the output was already cached (99: Airflow skips the task).
+_cached_exit = click.option("--cached-exit-code", type=int, default=0, show_default=True,
+                            envvar="GRAO_PIPE_CACHED_EXIT_CODE",
+                            help="Exit code when the output was cached (99 makes Airflow skip the task).")
 _round = click.option("--round", "round_", type=int, default=1, show_default=True,
                       help="Which round (rounds > 1 sample from the previous round's model).")
 
@@ -101,16 +105,21 @@ def main(wait: bool) -> None:
 @_config_opt
 @_round
 @_force
+@_cached_exit
 @click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k.")
 @_overrides
-def generate_cmd(config_path: str | None, round_: int, force: bool, part: str | None, overrides: tuple[str, ...]) -> None:
+def generate_cmd(config_path: str | None, round_: int, force: bool, cached_exit_code: int, part: str | None,
+                 overrides: tuple[str, ...]) -> None:
     """Sample G responses per prompt into Parquet shards."""
     k_n = _parse_part(part)
 
     def go() -> None:
         from grao_pipe.stages import generate
 
-        _say(generate.run(_load(config_path, overrides), round_, force, part=k_n))
+        o = generate.run(_load(config_path, overrides), round_, force, part=k_n)
+        _say(o)
+        if o.cached:
+            sys.exit(cached_exit_code)
 
     _guard(go)
 
@@ -120,12 +129,16 @@ def _stage_command(name: str, doc: str) -> None:
     @_config_opt
     @_round
     @_force
+    @_cached_exit
     @_overrides
-    def cmd(config_path: str | None, round_: int, force: bool, overrides: tuple[str, ...]) -> None:
+    def cmd(config_path: str | None, round_: int, force: bool, cached_exit_code: int, overrides: tuple[str, ...]) -> None:
         def go() -> None:
             from grao_pipe.stages.run import STAGE_RUNNERS
 
-            _say(STAGE_RUNNERS[name](_load(config_path, overrides), round_, force))
+            o = STAGE_RUNNERS[name](_load(config_path, overrides), round_, force)
+            _say(o)
+            if o.cached:
+                sys.exit(cached_exit_code)
 
         _guard(go)
 
@@ -138,7 +151,7 @@ _stage_command("train", "Train the policy on score's shards (torchrun, FSDP2).")
 @_config_opt
 @_force
 @click.option("--report-json", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
-@click.option("--cached-exit-code", type=int, default=0, show_default=True,
+@click.option("--cached-exit-code", type=int, default=0, show_default=True, envvar="GRAO_PIPE_CACHED_EXIT_CODE",
               help="Exit code when every stage was cached (99 makes Airflow's BashOperator skip the task).")
 @_overrides
 def run_cmd(config_path: str | None, force: bool, report_json: str | None, cached_exit_code: int,

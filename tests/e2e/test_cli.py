@@ -102,6 +102,9 @@ def test_concurrent_runs_of_one_stage_lock(tiny_config, tmp_path):
     assert first.wait(timeout=300) == 0
     again = cli("run", "-c", str(cfg), "--cached-exit-code", "99")
     assert again.returncode == 99  # everything cached: the skip code for schedulers
+    for verb in ("generate", "score", "train"):
+        assert cli(verb, "-c", str(cfg), "--cached-exit-code", "99").returncode == 99
+        assert cli(verb, "-c", str(cfg)).returncode == 0  # default: cached is success
 
 
 def test_sigkill_during_generate_then_rerun_loses_and_duplicates_nothing(tiny_config, tmp_path):
