@@ -1,10 +1,13 @@
-"""Learner throughput: packed against right-padded batches on the same variable-length groups,
-in one run, through the learner's own step (``grao_pipe.learner.worker.step_loss``).
+"""Learner throughput on the same variable-length groups, in one run, through the learner's own
+step (``grao_pipe.learner.worker.step_loss``): right-padded vs packed rows, the full-logits LM
+head vs the chunked one, and the attention kernels for packed rows (sdpa with a dense
+block-diagonal mask, flex_attention with a block-sparse document mask, flash_attention_2).
 
-Lengths are lognormal (median ~260 tokens, capped), like chat rollouts. Prints real
-(non-padding) tokens/s, the padding fraction and, on a GPU with a known peak, MFU.
+Lengths are lognormal (median ~260 tokens, capped), like chat rollouts. Each step is split into
+micro-batches of whole groups by token budget, as the learner does. Prints real (non-padding)
+tokens/s, the padding fraction, peak memory on a GPU and, with a known peak, MFU.
 
-    python benchmarks/bench_learner.py                       # CPU, small model
+    python benchmarks/bench_learner.py                       # CPU, small model (no flex: no CPU backward)
     python benchmarks/bench_learner.py --device cuda --shape qwen2.5-0.5b --groups 16 --pack 8192
 """
 
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from grao_pipe.config import TrainConfig
-from grao_pipe.learner.data import Group, collate, pack
+from grao_pipe.learner.data import Group, collate, micro_batches, pack
 from grao_pipe.learner.worker import PEAK_FLOPS, step_loss
 
 SHAPES = {
@@ -26,6 +30,14 @@ SHAPES = {
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
 }
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    attn: str
+    packed: bool
+    chunk: int  # train.logprob_chunk_tokens (0: full-logits head)
 
 
 def make_groups(n: int, g: int, vocab: int, median: int, cap: int, seed: int = 0) -> list[Group]:
@@ -46,27 +58,43 @@ def make_groups(n: int, g: int, vocab: int, median: int, cap: int, seed: int = 0
     return out
 
 
-def run(model, groups, cfg, device, budget, steps, per_step, pad_id=0):
+def cases(attns: list[str], chunk: int) -> list[Case]:
+    out = [Case("padded sdpa full-head", "sdpa", False, 0)]
+    if chunk:
+        out.append(Case(f"padded sdpa chunk{chunk}", "sdpa", False, chunk))
+    for attn in attns:
+        out.append(Case(f"packed {attn} chunk{chunk}", attn, True, chunk))
+    return out
+
+
+def run(model, groups, case: Case, device, budget, micro_tokens, steps, warmup, per_step, pad_id=0):
+    """Real tokens/s and padding fraction over ``steps`` timed steps after ``warmup`` ones."""
+    model.set_attn_implementation(case.attn)
+    cfg = TrainConfig(logprob_chunk_tokens=case.chunk, attn_implementation=case.attn)  # type: ignore[arg-type]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     real = padded = 0
     t_total = 0.0
-    for s in range(steps + 1):  # step 0 warms up
-        batch = collate(groups[(s * per_step) % len(groups):][:per_step], pad_id)
-        packed = pack(batch, max(budget, batch.input_ids_NT.shape[1]), pad_id) if budget else None
+    for s in range(warmup + steps):
+        step_groups = groups[(s * per_step) % len(groups):][:per_step]
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss_B, _, _ = step_loss(model, batch, cfg, device, packed)
-        loss_B.mean().backward()
+        n_real = n_padded = 0
+        for mb in micro_batches(step_groups, micro_tokens):
+            batch = collate(mb, pad_id)
+            packed = pack(batch, max(budget, batch.input_ids_NT.shape[1]), pad_id) if case.packed else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss_B, _, _ = step_loss(model, batch, cfg, device, packed)
+            (loss_B.sum() / per_step).backward()
+            n_real += packed.real_tokens if packed else batch.real_tokens
+            n_padded += packed.padded_tokens if packed else batch.padded_tokens
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if s:
+        if s >= warmup:  # the first steps compile kernels (flex) and warm allocators up
             t_total += time.perf_counter() - t0
-            real += packed.real_tokens if packed else batch.real_tokens
-            padded += packed.padded_tokens if packed else batch.padded_tokens
+            real, padded = real + n_real, padded + n_padded
     return real / t_total, 1 - real / padded
 
 
@@ -79,29 +107,55 @@ def main() -> None:
     ap.add_argument("--median", type=int, default=260)
     ap.add_argument("--cap", type=int, default=2048)
     ap.add_argument("--pack", type=int, default=4096, help="tokens per packed row")
+    ap.add_argument("--micro-tokens", type=int, default=None,
+                    help="micro-batch budget in real tokens (default: 16384 on cuda, one micro-batch on cpu)")
+    ap.add_argument("--chunk", type=int, default=TrainConfig().logprob_chunk_tokens,
+                    help="LM-head chunk in tokens (0: full-logits head only)")
+    ap.add_argument("--attn", default=None,
+                    help="comma-separated kernels for packed rows (default: sdpa,flex_attention on cuda, sdpa on cpu)")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 on cuda, 1 on cpu)")
+    ap.add_argument("--activation-checkpointing", action="store_true")
     a = ap.parse_args()
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    attns = (a.attn or ("sdpa,flex_attention" if cuda else "sdpa")).split(",")
+    if "flex_attention" in attns and not cuda:
+        raise SystemExit("flex_attention has no backward on CPU; run it with --device cuda")
+    micro_tokens = a.micro_tokens if a.micro_tokens is not None else (16384 if cuda else 0)
+    warmup = a.warmup if a.warmup is not None else (2 if cuda else 1)
     torch.manual_seed(0)
     cfg = Qwen2Config(**SHAPES[a.shape], max_position_embeddings=max(a.cap * 2, a.pack))
     model = Qwen2ForCausalLM(cfg).to(device)
-    model.config._attn_implementation = a.attn
+    if a.activation_checkpointing:
+        model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
-    groups = make_groups(a.groups * (a.steps + 1), a.g, cfg.vocab_size, a.median, a.cap)
-    tcfg = TrainConfig()
-    peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device {name}, shape {a.shape} ({n_params / 1e6:.1f}M params), {a.groups} groups x {a.g + 1} seqs/step")
-    results = {}
-    for label, budget in (("padded", 0), (f"packed {a.pack}", a.pack)):
-        tps, pad_frac = run(model, groups, tcfg, device, budget, a.steps, a.groups)
-        results[label] = tps
+    groups = make_groups(a.groups * (warmup + a.steps), a.g, cfg.vocab_size, a.median, a.cap)
+    peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
+    name = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {name}, shape {a.shape} ({n_params / 1e6:.1f}M params), {a.groups} groups x {a.g + 1} seqs/step, "
+          f"micro-batches of {micro_tokens or 'all'} tokens, pack {a.pack}, {a.steps} timed steps")
+    results: dict[str, float] = {}
+    for case in cases(attns, a.chunk):
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            tps, pad_frac = run(model, groups, case, device, a.pack, micro_tokens, a.steps, warmup, a.groups)
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            print(f"{case.label:<32} out of memory")
+            continue
+        results[case.label] = tps
         mfu = f"{6 * n_params * tps / peak:.1%}" if peak else "n/a"
-        print(f"{label:<14} real tokens/s {tps:>10.0f}   padding {pad_frac:>6.1%}   MFU {mfu}")
-    print(f"packed / padded = {results[f'packed {a.pack}'] / results['padded']:.2f}x")
+        mem = f"   peak {torch.cuda.max_memory_allocated() / 2**30:5.1f} GiB" if cuda else ""
+        print(f"{case.label:<32} real tokens/s {tps:>10.0f}   padding {pad_frac:>6.1%}   MFU {mfu}{mem}")
+    base = results.get("padded sdpa full-head")
+    for label, tps in results.items():
+        if base and label != "padded sdpa full-head":
+            print(f"{label} / padded sdpa full-head = {tps / base:.2f}x")
 
 
 if __name__ == "__main__":

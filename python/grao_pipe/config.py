@@ -8,7 +8,7 @@ working directory, like every other path a CLI user types.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -177,7 +177,32 @@ class TrainConfig(_Section):
     groups_per_step: int = Field(64, gt=0, description="prompts (groups) per optimizer step")
     epochs: int = Field(1, gt=0)
     nproc: int = Field(2, gt=0, description="torchrun processes on this node")
+    # LM head + log-softmax over chunks of this many scored tokens, recomputed in backward, so
+    # [tokens, vocab] logits never exist for the whole batch (0: one unchunked projection).
+    logprob_chunk_tokens: int = Field(4096, ge=0)
+    # Attention kernel. Packed rows: sdpa/eager use a dense block-diagonal mask (T² per row),
+    # flex_attention a block-sparse document mask (needs CUDA: no flex backward on CPU),
+    # flash_attention_2/3 position ids only (needs the flash-attn package).
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    tensorboard: bool = False  # rank 0 also writes the per-step metrics to <train dir>/tensorboard
+    # Several nodes: each runs `grao-pipe train` with its own node_rank on a shared workdir;
+    # rdzv_endpoint (host:port) is node 0's address. nnodes=1: torchrun --standalone.
+    nnodes: int = Field(1, gt=0)
+    node_rank: int = Field(0, ge=0)
+    rdzv_endpoint: str | None = None
     seed: int = 0
+
+    # Keys that say where or how a run is launched and watched, not what it computes: kept out
+    # of the train cache key and the checkpoint's spec digest (every node must agree on both).
+    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"node_rank", "rdzv_endpoint", "tensorboard"})
+
+    @model_validator(mode="after")
+    def _launch(self) -> TrainConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint=HOST:PORT (node 0's address)")
+        return self
 
 
 class EvalConfig(_Section):

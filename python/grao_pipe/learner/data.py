@@ -217,11 +217,14 @@ class Packed:
     padded_tokens: int
 
     def attention_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """[R, 1, T, T] additive mask: causal and within the same segment."""
+        """[R, 1, T, T] mask, causal and within the same segment: additive for a float dtype,
+        True where attention is allowed for torch.bool (what sdpa takes, at 1 byte a pair)."""
         t = self.segment_RT.shape[1]
         seg = self.segment_RT
         causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=seg.device))
         allowed = causal[None] & (seg[:, :, None] == seg[:, None, :])
+        if dtype == torch.bool:
+            return allowed[:, None]
         zero = torch.zeros((), dtype=dtype, device=seg.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
 

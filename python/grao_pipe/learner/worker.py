@@ -23,31 +23,38 @@ import torch.distributed as dist
 
 from grao_pipe import losses
 from grao_pipe.config import TrainConfig
-from grao_pipe.learner import checkpoint
+from grao_pipe.learner import attention, checkpoint
 from grao_pipe.learner.data import Batch, Group, GroupStore, Packed, collate, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
+from grao_pipe.learner.logprobs import CausalLMLogps, as_logps_model
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
-def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device, packed: Packed | None = None) -> torch.Tensor:
-    """log πθ of every next token, [N, T-1] in the Batch layout (padded or packed forward)."""
+def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device, packed: Packed | None = None,
+                 chunk_tokens: int = 0) -> torch.Tensor:
+    """log πθ of the next tokens the losses read (continuation targets), [N, T-1] in the Batch
+    layout, 0 elsewhere; padded or packed forward, LM head chunked by ``chunk_tokens`` (0: off)."""
+    lm = as_logps_model(model)
+    impl = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+    n, t = batch.input_ids_NT.shape
     if packed is None:
-        ids = batch.input_ids_NT.to(device)
-        logits = model(input_ids=ids, attention_mask=batch.attention_mask_NT.to(device)).logits
-        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return logps.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    ids = packed.input_ids_RT.to(device)
-    kwargs = {"position_ids": packed.position_ids_RT.to(device)}
-    if getattr(model.config, "_attn_implementation", "sdpa") != "flash_attention_2":
-        kwargs["attention_mask"] = packed.attention_mask().to(device)  # masked fallback
-    logits = model(input_ids=ids, **kwargs).logits
-    # Only the positions that predict a real next token of the same sequence.
-    rows, cols = packed.src_row.to(device), packed.src_col.to(device)
-    lp = torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
-    out = torch.zeros(batch.input_ids_NT.shape[0], batch.input_ids_NT.shape[1] - 1, device=device)
-    return out.index_put((packed.dst_seq.to(device), packed.dst_pos.to(device)), lp)
+        seq, pos = batch.loss_mask_NT.nonzero(as_tuple=True)
+        rows, cols = seq, pos
+        ids, position_ids = batch.input_ids_NT, None
+        mask = attention.padded_mask(batch.attention_mask_NT, impl, device)
+    else:
+        # Only the positions that predict a loss token of the same sequence.
+        keep = batch.loss_mask_NT[packed.dst_seq, packed.dst_pos] > 0
+        seq, pos = packed.dst_seq[keep], packed.dst_pos[keep]
+        rows, cols = packed.src_row[keep], packed.src_col[keep]
+        ids, position_ids = packed.input_ids_RT, packed.position_ids_RT.to(device)
+        mask = attention.packed_mask(packed, impl, device)
+    lp_K = lm(ids.to(device), rows.to(device), cols.to(device), attention_mask=mask, position_ids_RT=position_ids,
+              chunk_tokens=chunk_tokens)
+    out = torch.zeros(n, t - 1, device=device, dtype=lp_K.dtype)
+    return out.index_put((seq.to(device), pos.to(device)), lp_K)
 
 
 def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -61,7 +68,7 @@ def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps
 def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: torch.device,
               packed: Packed | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Per-group loss [B], its terms, and diagnostics, for one rank's share of a step."""
-    tok_NT = _token_logps(model, batch, device, packed)
+    tok_NT = _token_logps(model, batch, device, packed, cfg.logprob_chunk_tokens)
     mask_NT = batch.loss_mask_NT.to(device)
     b, g = batch.mask_BG.shape
     ns = b * g
@@ -103,6 +110,16 @@ def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: to
     return loss_B, terms, diag
 
 
+def tensorboard_writer(log_dir: Path, start_step: int) -> Any:
+    """A SummaryWriter (imported lazily: tensorboard is optional) that drops events from
+    ``start_step`` on, so a resumed run does not show the crashed run's later steps twice."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch.utils.tensorboard imports the tensorboard package
+        raise SystemExit("train: train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(log_dir), purge_step=start_step or None)
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -126,12 +143,19 @@ def main(spec_path: str) -> None:
     quiet_transformers()
     model_dir = spec["model_dir"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.to(device)  # type: ignore[arg-type]
+    if cfg.attn_implementation == attention.FLEX and not use_cuda:
+        raise SystemExit("train: attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
+                         "backward on CPU); use train.attn_implementation=sdpa")
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                              attn_implementation=cfg.attn_implementation)
+    lm.to(device)  # type: ignore[arg-type]
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable()
+        lm.gradient_checkpointing_enable()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    n_params = _n_params(model)
+    n_params = _n_params(lm)
+    # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the LM
+    # head and embeddings are unsharded by the root's hooks around the chunked head too.
+    model = CausalLMLogps(lm)
     shard_model(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
@@ -167,6 +191,8 @@ def main(spec_path: str) -> None:
             metrics_path.write_text("".join(line + "\n" for line in kept))
     elif rank == 0:
         metrics_path.unlink(missing_ok=True)
+    # Resumed: events logged after the checkpoint's step are purged, as metrics.jsonl lines are.
+    writer = tensorboard_writer(out / "tensorboard", start) if cfg.tensorboard and rank == 0 else None
 
     peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
     fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
@@ -230,6 +256,11 @@ def main(spec_path: str) -> None:
                 raise FloatingPointError(f"non-finite loss at step {step}: {rec}")
             with open(metrics_path, "a") as f:  # appended per step: a crash keeps what was logged
                 f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                        writer.add_scalar(f"train/{k}", v, step)
+                writer.flush()
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
             checkpoint.save(ckpt_root, done, model, opt, {"step": done, "spec_digest": spec["spec_digest"]})
@@ -243,9 +274,12 @@ def main(spec_path: str) -> None:
     counts = torch.tensor([groups.stats.truncated, groups.stats.skipped], device=device)
     dist.all_reduce(counts)
     load_stats = {"rows": groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
+    if writer is not None:
+        writer.close()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        # Eager attention: the export only holds weights (config.json does not record the kernel).
+        export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="eager")
         export.load_state_dict(full)
         export.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")

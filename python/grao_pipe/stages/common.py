@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grao_pipe import remote
-from grao_pipe.config import PipelineConfig
+from grao_pipe.config import PipelineConfig, TrainConfig
 from grao_pipe.errors import Locked, StageNotReady
 from grao_pipe.models import policy_digest
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
@@ -125,7 +125,9 @@ def train_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     gen = generate_ref(cfg, round_)
     sc = require(score_ref(cfg, round_), "train")
     inputs = {"score": sc.fingerprint, "model": gen.inputs["model"], "_model_dir": gen.inputs["_model_dir"]}
-    return _make_ref(cfg, "train", round_, cfg.train.model_dump(), inputs)
+    # Launch-only keys (which node this is, logging) do not change what is trained.
+    section = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))
+    return _make_ref(cfg, "train", round_, section, inputs)
 
 
 WAIT_FOR_LOCKS = {"wait": False}  # set by the CLI's --wait

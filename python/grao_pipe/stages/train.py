@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grao_pipe.config import PipelineConfig, TrainConfig
-from grao_pipe.errors import InputError, StageFailed
+from grao_pipe.errors import ConfigError, InputError, StageFailed
 from grao_pipe.models import policy_digest
 from grao_pipe.stages.common import (
     Outcome,
@@ -58,43 +59,67 @@ def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
                                  f"null in {nulls} rows; {hint}")
 
 
+def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str]:
+    """The learner's launch: standalone on one node; with several nodes, a static rendezvous at
+    node 0's ``rdzv_endpoint`` where each node states its own rank."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if cfg.nnodes == 1:
+        cmd += ["--standalone", "--nnodes=1"]
+    else:
+        cmd += [f"--nnodes={cfg.nnodes}", f"--node-rank={cfg.node_rank}", "--rdzv-backend=static",
+                f"--rdzv-endpoint={cfg.rdzv_endpoint}", f"--rdzv-id={run_id}"]
+    return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
+
+
+def check_tensorboard(cfg: TrainConfig) -> None:
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard")
+
+
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
     ref = train_ref(cfg, round_)
-    with stage_lock(ref, ""):
+    # Nodes of one multi-node run share the output directory: one lock per node, not per stage.
+    with stage_lock(ref, f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""):
         return _run(cfg, round_, force, ref)
 
 
 def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
     sc_ref = score_ref(cfg, round_)
     sc = require(sc_ref, "train")
-    cached = prepare(ref, force)
+    lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
+    cached = prepare(ref, force and lead)
     if cached is not None:
         return Outcome(ref, True, cached)
     timer = Timer()
+    check_tensorboard(cfg.train)
     check_columns(cfg.train, [member(sc_ref.directory, s["name"]) for s in sc.shards])
     # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the worker
     # does that), a half-written export is redone.
-    shutil.rmtree(ref.directory / "model", ignore_errors=True)
+    if lead:
+        shutil.rmtree(ref.directory / "model", ignore_errors=True)
+    hashed_train = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))
     spec = {
         "train": cfg.train.model_dump(),
         "model_dir": ref.inputs["_model_dir"],
         "shards": [[str(member(sc_ref.directory, s["name"])), s["sha256"]] for s in sc.shards],
         "output_dir": str(ref.directory),
         # What a checkpoint must have been trained on to be resumed from.
-        "spec_digest": digest({"train": cfg.train.model_dump(), "model": ref.inputs["model"],
+        "spec_digest": digest({"train": hashed_train, "model": ref.inputs["model"],
                                "shards": [s["sha256"] for s in sc.shards]}),
     }
-    spec_path = ref.directory / "spec.json"
+    suffix = f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""
+    spec_path = ref.directory / f"spec{suffix}.json"
     spec_path.write_text(json.dumps(spec, indent=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           f"--nproc-per-node={cfg.train.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
-    log_path = ref.directory / "train.log"
+    cmd = torchrun_command(cfg.train, spec_path, ref.key[:16])
+    log_path = ref.directory / f"train{suffix}.log"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode != 0 or not (ref.directory / "model" / "config.json").is_file():
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
         raise StageFailed(f"train (round {round_}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
+    if not lead:  # node 0 writes the manifest once every node's learner has finished
+        return Outcome(ref, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
     shutil.rmtree(ref.directory / "cache", ignore_errors=True)  # derived copy of score's shards
     metrics = read_metrics(ref.directory)
     terms = sorted({k for m in metrics for k in m if k.startswith("loss")})

@@ -1,0 +1,56 @@
+"""The learner's torchrun command line: standalone on one node, static rendezvous on several."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from grao_pipe.config import TrainConfig, load_config
+from grao_pipe.errors import ConfigError
+from grao_pipe.stages.train import torchrun_command
+
+SPEC = Path("/work/train/abc/spec.json")
+TAIL = ["-m", "grao_pipe.learner.worker", str(SPEC)]
+
+
+def test_one_node_is_standalone():
+    cmd = torchrun_command(TrainConfig(nproc=4), SPEC, "abc")
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                   "--nproc-per-node=4", *TAIL]
+
+
+def test_several_nodes_meet_at_node_zero():
+    cfg = TrainConfig(nproc=8, nnodes=4, node_rank=2, rdzv_endpoint="node0.cluster:29500")
+    cmd = torchrun_command(cfg, SPEC, "abc")
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes=4", "--node-rank=2",
+                   "--rdzv-backend=static", "--rdzv-endpoint=node0.cluster:29500", "--rdzv-id=abc",
+                   "--nproc-per-node=8", *TAIL]
+    assert "--standalone" not in cmd
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["train.nnodes=2"], "rdzv_endpoint"),
+    (["train.nnodes=2", "train.node_rank=2", "train.rdzv_endpoint=h:1"], "node_rank=2 must be below"),
+])
+def test_launch_settings_are_checked(tmp_path, overrides, match):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, overrides)
+
+
+def test_node_rank_and_monitoring_are_not_part_of_what_is_computed():
+    assert {"node_rank", "rdzv_endpoint", "tensorboard"} <= TrainConfig.OPERATIONAL
+    assert "nnodes" not in TrainConfig.OPERATIONAL  # the world size is
+
+
+def test_tensorboard_without_the_package_fails_before_launch(monkeypatch):
+    import importlib.util
+
+    from grao_pipe.stages import train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        train.check_tensorboard(TrainConfig(tensorboard=True))
+    train.check_tensorboard(TrainConfig())  # off: nothing to check
