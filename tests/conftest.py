@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,71 +62,56 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(TinyModelConfig(), corpus, tmp_path_factory.mktemp("models"))
 
 
+@contextlib.contextmanager
+def _serve(name: str, cmd: list[str], probe_url: str, log_dir: Path, timeout_s: float) -> Iterator[None]:
+    """Start a real server process, wait until ``probe_url`` answers 200, yield, stop it."""
+    import subprocess
+    import time
+
+    import httpx
+
+    log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited early; see {log.name}")
+        try:
+            if httpx.get(probe_url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"{name} did not answer in {timeout_s:.0f} s; see {log.name}")
+    yield
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
 @pytest.fixture(scope="session")
 def openai_server(tiny_model_dir, tmp_path_factory):
     """A real OpenAI-compatible HTTP server (`transformers serve`) with the tiny model, on CPU."""
     import shutil
-    import subprocess
-    import time
-
-    import httpx
 
     exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
     if exe is None:
         pytest.fail("`transformers serve` is not installed; run `make setup`")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([exe, "serve", str(tiny_model_dir), "--port", str(port), "--host", "127.0.0.1",
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited early; see {log.name}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("transformers serve did not become healthy in 120 s")
-    yield f"{base}/v1", str(tiny_model_dir)
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    base = f"http://127.0.0.1:{_free_port()}"
+    cmd = [exe, "serve", str(tiny_model_dir), "--port", base.rsplit(":", 1)[1], "--host", "127.0.0.1", "--device", "cpu"]
+    with _serve("transformers serve", cmd, f"{base}/health", tmp_path_factory.mktemp("serve"), 120):
+        yield f"{base}/v1", str(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory) -> str:
+def s3_endpoint(tmp_path_factory):
     """A real S3-compatible HTTP server (moto in server mode) on a free local port."""
-    import subprocess
-    import time
-
-    import httpx
-
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"moto server exited early; see {log.name}")
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto server did not answer in 60 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    url = f"http://127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    with _serve("moto server", cmd, f"{url}/moto-api/", tmp_path_factory.mktemp("moto"), 60):
+        yield url
 
 
 @pytest.fixture

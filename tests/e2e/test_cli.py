@@ -105,29 +105,3 @@ def test_concurrent_runs_of_one_stage_lock(tiny_config, tmp_path):
     for verb in ("generate", "score", "train"):
         assert cli(verb, "-c", str(cfg), "--cached-exit-code", "99").returncode == 99
         assert cli(verb, "-c", str(cfg)).returncode == 0  # default: cached is success
-
-
-def test_sigkill_during_generate_then_rerun_loses_and_duplicates_nothing(tiny_config, tmp_path):
-    import signal
-    import time
-
-    import pyarrow.parquet as pq
-
-    cfg = tiny_config(data={"limit": 100}, generate={"prompts_per_shard": 1, "max_new_tokens": 32})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([*BIN, "generate", "-c", str(cfg)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "work").glob("generate/*/shard-*.parquet")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (out,) = (tmp_path / "work" / "generate").glob("*/")
-    killed_early = not (out / "manifest.json").exists()
-    again = cli("generate", "-c", str(cfg))
-    assert again.returncode == 0, again.stderr
-    keys = [(r["group_id"], r["sample_idx"]) for p in sorted(out.glob("shard-*.parquet"))
-            for r in pq.read_table(p, columns=["group_id", "sample_idx"]).to_pylist()]
-    assert len(keys) == len(set(keys)) == 100 * 4  # nothing lost, nothing duplicated
-    assert json.loads((out / "manifest.json").read_text())["rows"] == 400
-    assert killed_early  # the kill landed mid-stage (otherwise this test proved less)

@@ -24,26 +24,34 @@ def _row_keys(directory: Path) -> list[tuple[str, int]]:
             for r in pq.read_table(p, columns=["group_id", "sample_idx"]).to_pylist()]
 
 
-def test_sigkill_during_score_then_rerun_loses_and_duplicates_nothing(tiny_config, tmp_path):
-    cfg = tiny_config(data={"limit": 60}, generate={"prompts_per_shard": 1})
-    assert cli("generate", "-c", str(cfg)).returncode == 0
-    proc = subprocess.Popen([*BIN, "score", "-c", str(cfg)], stdout=subprocess.DEVNULL,
+def _kill_when_first_shard_commits(verb: str, cfg: Path, work: Path) -> Path:
+    """Run ``grao-pipe VERB``, SIGKILL it as soon as its first shard is committed, and return
+    the stage directory it left (asserting that the kill landed before the manifest)."""
+    proc = subprocess.Popen([*BIN, verb, "-c", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "work").glob("score/*/shard-*.parquet")):
+    while time.time() < deadline and not list(work.glob(f"{verb}/*/shard-*.parquet")):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (out,) = (tmp_path / "work" / "score").glob("*/")
-    killed_early = not (out / "manifest.json").exists()
-    committed = len(list(out.glob("shard-*.parquet")))
+    (out,) = (work / verb).glob("*/")
+    assert not (out / "manifest.json").exists()  # the kill landed mid-stage
+    return out
 
-    again = cli("score", "-c", str(cfg))
+
+@pytest.mark.parametrize("verb", ["generate", "score"])
+def test_sigkill_mid_stage_then_rerun_loses_and_duplicates_nothing(tiny_config, tmp_path, verb):
+    cfg = tiny_config(data={"limit": 60}, generate={"prompts_per_shard": 1, "max_new_tokens": 16})
+    if verb == "score":
+        assert cli("generate", "-c", str(cfg)).returncode == 0
+    out = _kill_when_first_shard_commits(verb, cfg, tmp_path / "work")
+    assert 0 < len(list(out.glob("shard-*.parquet"))) < 60
+
+    again = cli(verb, "-c", str(cfg))
     assert again.returncode == 0, again.stderr
     keys = _row_keys(out)
     assert len(keys) == len(set(keys)) == 60 * 4  # nothing lost, nothing duplicated
     assert json.loads((out / "manifest.json").read_text())["rows"] == 240
-    assert killed_early and 0 < committed < 60  # the kill landed mid-stage
 
 
 def _small_disk_command(mountpoint: Path, size: str, inner: str) -> list[str] | None:

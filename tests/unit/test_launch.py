@@ -9,7 +9,7 @@ from grao_pipe.config import TrainConfig, load_config
 from grao_pipe.errors import ConfigError
 from grao_pipe.stages.train import torchrun_command
 
-SPEC = Path("/work/train/abc/spec.json")
+SPEC = Path("runs/train/abc/spec.json")
 TAIL = ["-m", "grao_pipe.learner.worker", str(SPEC)]
 
 
