@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -47,14 +48,20 @@ class StorageFull(GraoError):
     exit_code = 74
 
 
-# errno values that mean "the disk is full" to a user: ENOSPC, EDQUOT, EFBIG.
-FULL_ERRNOS = (28, 122, 27)
+# What "the disk is full" looks like to a user: no space, quota exceeded, file-size limit.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def storage_full(e: OSError, what: str) -> StorageFull:
     reason = os.strerror(e.errno) if e.errno else str(e)
     return StorageFull(f"{what}: cannot write ({reason}); free space and re-run the stage, "
                        "which keeps every shard committed so far")
+
+
+class RemoteUnavailable(GraoError):
+    """A remote service (OpenAI-compatible server, object store) stayed unreachable or refused."""
+
+    exit_code = 7
 
 
 class Locked(GraoError):

@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from grao_pipe.errors import GraoError
+from grao_pipe.errors import RemoteUnavailable
 
 
-class EndpointError(GraoError):
+class EndpointError(RemoteUnavailable):
     """The server stayed down or kept answering garbage after all retries."""
-
-    exit_code = 7
 
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

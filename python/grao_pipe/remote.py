@@ -22,21 +22,46 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from grao_pipe.errors import InputError
+from grao_pipe.errors import FULL_ERRNOS, InputError, RemoteUnavailable, storage_full
 from grao_pipe.schemas import MANIFEST_NAME, TMP_PREFIX
 
 # Resume state and scratch copies: useful only on the machine that made them.
 LOCAL_ONLY = ("checkpoints", "cache")
 _CHUNK = 8 << 20
+# Upload leftovers younger than this may belong to a writer that is still running.
+STALE_TEMPORARY_S = 3600
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _storage_errors(fn: F) -> F:
+    """Turn the OSErrors of object-store calls (unreachable endpoint, access denied, no such
+    bucket) into one clear error, and a full local disk into StorageFull."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise storage_full(e, e.filename or "the local mirror") from None
+            raise RemoteUnavailable(f"object storage: {e}; check the endpoint (AWS_ENDPOINT_URL), the "
+                                    "credentials and that the bucket exists, then re-run") from None
+
+    return cast(F, wrapper)
 
 
 def is_url(location: str | Path) -> bool:
@@ -100,20 +125,30 @@ def _mirror_of(path: Path) -> Mirror | None:
     return next((m for root, m in _MIRRORS.items() if p.is_relative_to(root)), None)
 
 
-def _put(m: Mirror, path: Path) -> None:
-    """Upload one file under a temporary key, check its size, then copy it to its final key."""
+def _put(m: Mirror, path: Path, data: bytes | None = None) -> None:
+    """Upload a file (or ``data`` for it) under a temporary key, check its size, then copy it to
+    its final key: the copy is atomic, a multipart upload cut short is not (pyarrow completes a
+    stream it closes, even after an error)."""
     key = m.key(path)
     tmp = f"{key.rsplit('/', 1)[0]}/{TMP_PREFIX}{path.name}.{os.getpid()}"
-    size = path.stat().st_size
-    with open(path, "rb") as src, m.fs.open_output_stream(tmp) as out:
-        while block := src.read(_CHUNK):
-            out.write(block)
+    with (io.BytesIO(data) if data is not None else open(path, "rb")) as src:
+        size = _copy(src, m.fs.open_output_stream(tmp))
     if m.fs.get_file_info(tmp).size != size:
         m.fs.delete_file(tmp)
         raise OSError(f"upload of {path} to {m.url} was incomplete; re-run the stage")
     m.fs.move(tmp, key)
 
 
+def _copy(src: BinaryIO, out: Any) -> int:
+    size = 0
+    with out:
+        while block := src.read(_CHUNK):
+            out.write(block)
+            size += len(block)
+    return size
+
+
+@_storage_errors
 def publish(path: Path) -> None:
     """Upload a file the store has just committed, if it lies in a remote workdir's mirror."""
     m = _mirror_of(path)
@@ -142,18 +177,22 @@ def _walk(directory: Path) -> dict[str, int]:
     return out
 
 
-def publish_tree(directory: Path) -> None:
-    """Upload what ``directory`` has that its remote lacks, the manifest last."""
+@_storage_errors
+def publish_tree(directory: Path, manifest: bytes) -> None:
+    """Upload what ``directory`` has that its remote lacks, then ``manifest``, last. Called
+    before the manifest is committed locally: if this fails the stage is unfinished here too,
+    and the next run publishes again instead of calling it cached."""
     m = _mirror_of(directory)
     if m is None:
         return
     remote = _remote_files(m, directory)
-    local = _walk(directory)
-    for rel in sorted(local, key=lambda r: r == MANIFEST_NAME):
-        if rel == MANIFEST_NAME or remote.get(rel) != local[rel]:
+    for rel, size in _walk(directory).items():
+        if rel != MANIFEST_NAME and remote.get(rel) != size:
             _put(m, directory / rel)
+    _put(m, directory / MANIFEST_NAME, manifest)
 
 
+@_storage_errors
 def pull_tree(directory: Path, *, finished_only: bool) -> bool:
     """Download the remote ``directory`` into the mirror (files missing or of another size),
     the manifest last. With ``finished_only`` nothing is fetched unless the remote has a
@@ -175,6 +214,31 @@ def pull_tree(directory: Path, *, finished_only: bool) -> bool:
     return fetched
 
 
+@_storage_errors
+def fetch(path: Path) -> bytes | None:
+    """The remote bytes of a mirror file (a manifest), without storing them; None if absent."""
+    m = _mirror_of(path)
+    if m is None or m.fs.get_file_info(m.key(path)).type != pafs.FileType.File:
+        return None
+    with m.fs.open_input_stream(m.key(path)) as src:
+        return bytes(src.read())
+
+
+@_storage_errors
+def ensure_local(path: Path) -> Path:
+    """``path``, downloaded first if it lies in a mirror and is not here yet: a finished
+    dataset's shards (or a model directory) are fetched when they are read, not when a listing
+    or a status check reads its manifest."""
+    m = _mirror_of(path)
+    if m is not None and not path.exists():
+        info = m.fs.get_file_info(m.key(path))
+        if info.type == pafs.FileType.File:
+            _get(m.fs, info.path, path)
+        elif info.type == pafs.FileType.Directory:
+            pull_tree(path, finished_only=False)
+    return path
+
+
 def _get(fs: pafs.FileSystem, key: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{os.getpid()}")
@@ -183,17 +247,21 @@ def _get(fs: pafs.FileSystem, key: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+@_storage_errors
 def clean_remote_temporaries(directory: Path) -> None:
-    """Delete upload leftovers of a crashed writer under the remote ``directory``."""
+    """Delete upload leftovers of crashed writers under the remote ``directory``; only stale
+    ones, since another machine's worker (``--shard``) may be uploading right now."""
     m = _mirror_of(directory)
     if m is None:
         return
     base = m.key(directory)
-    for info in m.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if info.type == pafs.FileType.File and info.base_name.startswith(TMP_PREFIX):
+    for info in m.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if (info.type == pafs.FileType.File and info.base_name.startswith(TMP_PREFIX)
+                and (info.mtime is None or time.time() - info.mtime.timestamp() > STALE_TEMPORARY_S)):
             m.fs.delete_file(info.path)
 
 
+@_storage_errors
 def subdirectories(directory: Path) -> list[Path]:
     """Local and remote children of ``directory`` (stage versions), as mirror paths."""
     names = {p.name for p in directory.glob("*/")} if directory.is_dir() else set()
@@ -213,6 +281,7 @@ def local_input(location: str) -> Path:
 
 
 @functools.lru_cache(maxsize=64)
+@_storage_errors
 def _download_input(url: str) -> Path:
     fs, base = _connect(url)
     info = fs.get_file_info(base)
@@ -236,8 +305,13 @@ def _download_input(url: str) -> Path:
     return dest
 
 
+@_storage_errors
 def delete_tree(directory: Path) -> None:
-    """Remove the remote copy of ``directory`` (``--force``), so nothing stale is pulled back."""
+    """Remove the remote copy of ``directory`` (``--force``), its manifest first: a reader never
+    sees a finished dataset with shards missing, and nothing stale is pulled back."""
     m = _mirror_of(directory)
     if m is not None:
-        m.fs.delete_dir_contents(m.key(directory), missing_dir_ok=True)
+        key = m.key(directory)
+        if m.fs.get_file_info(f"{key}/{MANIFEST_NAME}").type == pafs.FileType.File:
+            m.fs.delete_file(f"{key}/{MANIFEST_NAME}")
+        m.fs.delete_dir_contents(key, missing_dir_ok=True)

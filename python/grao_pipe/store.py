@@ -195,17 +195,20 @@ def write_manifest(
         "shards": shards,
         "stats": stats,
     }
-    atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(data, indent=2, default=str).encode())
-    remote.publish_tree(directory)  # a remote workdir: whatever is missing there, manifest last
+    payload = json.dumps(data, indent=2, default=str).encode()
+    remote.publish_tree(directory, payload)  # a remote workdir: what it lacks, the manifest last
+    atomic_write_bytes(directory / MANIFEST_NAME, payload)
     return Manifest(stage, key, data)
 
 
 def read_manifest(directory: Path) -> Manifest | None:
     path = directory / MANIFEST_NAME
-    if not path.is_file() and not remote.pull_tree(directory, finished_only=True):
+    # A remote workdir's finished stage may exist only there: read its manifest alone.
+    raw = path.read_bytes() if path.is_file() else remote.fetch(path)
+    if raw is None:
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
         if not isinstance(data.get("shards"), list):
             raise TypeError("'shards' is not a list")
         return Manifest(str(data["stage"]), str(data["key"]), data)
@@ -218,7 +221,7 @@ def member(directory: Path, name: str) -> Path:
     the dataset root (absolute paths, separators, ``..``): manifests from other teams are data."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
         raise DataError(f"{directory / MANIFEST_NAME}: shard name {name!r} points outside the dataset; refusing it")
-    return directory / name
+    return remote.ensure_local(directory / name)
 
 
 def verify(directory: Path) -> list[str]:
@@ -243,9 +246,26 @@ def read_stage_table(directory: Path, manifest: Manifest, columns: list[str] | N
     return table.select(columns) if columns else table
 
 
+def _writer_alive(tmp: Path) -> bool:
+    """Temporaries are named ``.tmp-<name>.<pid>``: is that writer still running here?"""
+    pid = tmp.name.rsplit(".", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
 def clean_temporaries(directory: Path) -> None:
-    """Remove leftovers of a crashed writer (never a committed shard)."""
+    """Remove leftovers of crashed writers (never a committed shard, nor the temporary of a
+    live writer: ``--shard`` workers share the directory and clean it when they start)."""
     for p in directory.glob(f"{TMP_PREFIX}*"):
+        if _writer_alive(p):
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

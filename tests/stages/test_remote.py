@@ -58,6 +58,13 @@ def test_round_on_s3_then_another_machine_finds_it_cached(tiny_config, tiny_mode
     monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-b"))  # another machine
     again = cli("run", "-c", str(cfg), "--cached-exit-code", "99")
     assert again.returncode == 99, again.stderr  # everything cached: found on the remote
+    monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-c"))  # a third one only looks
+    status, listing = cli("status", "-c", str(cfg)), cli("datasets", "list", "-w", f"{url}/runs/a")
+    assert status.returncode == 0 and listing.returncode == 0, status.stderr + listing.stderr
+    assert (status.stdout + status.stderr).count("done") == 3
+    # Inputs are fetched to hash them (keys follow content); of the datasets, manifests only.
+    downloaded = [p.name for p in (tmp_path / "cache-c" / "mirrors").rglob("*") if p.is_file()]
+    assert downloaded and not [n for n in downloaded if n.endswith((".parquet", ".safetensors"))], downloaded
     verify = cli("datasets", "verify", "-w", f"{url}/runs/a")
     assert verify.returncode == 0, verify.stderr
     out = verify.stdout + verify.stderr
@@ -140,3 +147,20 @@ def test_crash_mid_upload_leaves_no_partial_shard(s3):
     remote.publish(directory / "shard-00000-of-00001.parquet")  # the re-run's upload completes
     (obj,) = _keys(client, bucket, "runs/c/").values()
     assert obj["Key"].endswith("shard-00000-of-00001.parquet") and obj["Size"] == 24 << 20
+
+
+def test_unreachable_storage_is_a_clear_error_and_the_next_run_publishes(tiny_config, s3, tmp_path):
+    url, client = s3
+    missing = f"{url}-gone"  # a bucket that does not exist (yet)
+    cfg = tiny_config(workdir=f"{missing}/runs/d")
+    first = cli("generate", "-c", str(cfg))
+    assert first.returncode == 7, first.stderr  # the scheduler's "remote unavailable, retry"
+    assert "object storage" in first.stderr and "Traceback" not in first.stderr
+    mirrors = list((tmp_path / "cache-a" / "mirrors").glob("*/generate/*/"))
+    assert mirrors and not (mirrors[0] / "manifest.json").exists()  # not finished here either
+
+    client.create_bucket(Bucket=missing.removeprefix("s3://"))
+    again = cli("generate", "-c", str(cfg))
+    assert again.returncode == 0, again.stderr
+    objects = _keys(client, missing.removeprefix("s3://"), "runs/d/generate/")
+    assert any(k.endswith("manifest.json") for k in objects) and any("/shard-" in k for k in objects)

@@ -65,3 +65,16 @@ def test_both_orders_removes_position_bias_and_counts_unparseable():
     j = _Scripted(["1 > 2", "1 > 2", "no idea", "1 > 2", "1 < 2", "1 = 2"])
     res = j.score(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3)
     assert res.values == [0.0, 1.0, None] and res.unparseable == 1
+
+
+def test_scorer_key_follows_the_template_content_not_its_path(tmp_path):
+    from grao_pipe.scoring import scorer_key
+
+    template = tmp_path / "judge.txt"
+    template.write_text("{context} {text1} {text2} {criterion} v1")
+    cfg = JudgeScorer(model="m", template=str(template))
+    before = scorer_key(cfg)
+    assert scorer_key(cfg) == before
+    template.write_text("{context} {text1} {text2} {criterion} v2, edited in place")
+    assert scorer_key(cfg) != before  # cached rewards of the old template are not reused
+    assert scorer_key(JudgeScorer(model="m")) != before

@@ -1,3 +1,5 @@
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -95,8 +97,13 @@ def test_manifest_written_last_and_read_back(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_clean_temporaries_keeps_committed(tmp_path):
+def test_clean_temporaries_keeps_committed_and_live_writers(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     write_shard(tmp_path / "a.parquet", _rows(), "generate")
-    (tmp_path / ".tmp-b.parquet.123").write_bytes(b"partial")
+    (tmp_path / f".tmp-b.parquet.{dead.stdout.strip()}").write_bytes(b"partial, its writer died")
+    (tmp_path / f".tmp-c.parquet.{os.getpid()}").write_bytes(b"being written right now")
     clean_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-c.parquet.{os.getpid()}", "a.parquet"]

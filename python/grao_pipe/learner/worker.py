@@ -281,7 +281,9 @@ def main(spec_path: str) -> None:
         # Eager attention: the export only holds weights (config.json does not record the kernel).
         export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="eager")
         export.load_state_dict(full)
-        export.save_pretrained(out / "model")
+        # Files under 5 GB: object stores copy an upload to its final key in one request, and
+        # S3 caps single copies at 5 GiB (grao_pipe.remote).
+        export.save_pretrained(out / "model", max_shard_size="4GB")
         tokenizer.save_pretrained(out / "model")
         (out / "load_stats.json").write_text(json.dumps(load_stats))
     dist.barrier()

@@ -4,6 +4,7 @@ tokenizer. Built from config and a corpus, cached by content, never downloaded."
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,5 +70,10 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) 
     tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out)  # atomic: a half-built model directory is never visible
+    try:
+        tmp.replace(out)  # atomic: a half-built model directory is never visible
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # a concurrent process (another --shard worker) built it first
     return out

@@ -10,14 +10,32 @@ from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, Sco
 from grao_pipe.scoring.base import Scorer, ScoreResult
 from grao_pipe.store import digest
 
-__all__ = ["ScoreResult", "Scorer", "build", "scorer_key"]
+__all__ = ["ScoreResult", "Scorer", "build", "scorer_files", "scorer_key"]
+
+
+def scorer_files(cfg: ScorerConfig) -> dict[str, str]:
+    """Content digests of the files a scorer reads (model weights, judge template): one replaced
+    in place under the same path or URL changes the rewards, so it must change the keys too."""
+    from grao_pipe.models import policy_digest
+    from grao_pipe.remote import local_input
+    from grao_pipe.store import content_sha256
+
+    files = {}
+    if isinstance(cfg, RewardModelScorer):
+        files["model"] = policy_digest(local_input(cfg.path))
+    if isinstance(cfg, JudgeScorer) and cfg.backend == "hf":
+        files["model"] = policy_digest(local_input(cfg.model))
+    if isinstance(cfg, JudgeScorer) and cfg.template:
+        files["template"] = content_sha256(local_input(cfg.template))
+    return files
 
 
 def scorer_key(cfg: ScorerConfig) -> str:
     """Cache key of a scorer's raw rewards: its config without the weight (and without knobs
-    that cannot change the values, like concurrency)."""
+    that cannot change the values, like concurrency), and the contents of the files it reads."""
     dumped = cfg.model_dump(exclude={"weight", "concurrency", "timeout_s", "max_retries", "batch_size"})
-    return digest(dumped)
+    files = scorer_files(cfg)
+    return digest({**dumped, "files": files} if files else dumped)
 
 
 def build(cfg: ScorerConfig) -> Scorer:

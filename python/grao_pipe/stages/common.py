@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grao_pipe import remote
+from grao_pipe import remote, scoring
 from grao_pipe.config import PipelineConfig, TrainConfig
 from grao_pipe.errors import Locked, StageNotReady
 from grao_pipe.models import policy_digest
@@ -79,14 +79,18 @@ def base_model_dir(cfg: PipelineConfig) -> Path:
     return build_tiny_model(cfg.model.tiny, corpus, local_workdir(cfg.workdir) / "models")
 
 
-def model_for_round(cfg: PipelineConfig, round_: int) -> Path:
-    """Round 1 samples from the configured model; round r from round r-1's trained export."""
+def model_for_round(cfg: PipelineConfig, round_: int) -> tuple[Path, str]:
+    """The policy that samples round r, as (directory, digest): round 1 the configured model,
+    round r round r-1's trained export, whose digest its train manifest records (so keys never
+    re-hash the weights, nor download them from a remote workdir)."""
     if round_ == 1:
-        return base_model_dir(cfg)
+        model_dir = base_model_dir(cfg)
+        return model_dir, model_digest(str(model_dir))
     prev = train_ref(cfg, round_ - 1)
-    if prev.manifest() is None:
+    m = prev.manifest()
+    if m is None:
         raise StageNotReady(f"round {round_} samples from round {round_ - 1}'s model; run train for round {round_ - 1} first")
-    return prev.directory / "model"
+    return prev.directory / "model", str(m.shards[0]["sha256"])
 
 
 def require(ref: StageRef, consumer: str) -> Manifest:
@@ -100,9 +104,8 @@ def require(ref: StageRef, consumer: str) -> Manifest:
 
 
 def generate_ref(cfg: PipelineConfig, round_: int) -> StageRef:
-    model_dir = model_for_round(cfg, round_)
-    inputs = {"prompts": prompt_set_fingerprint(cfg.data), "model": model_digest(str(model_dir)),
-              "_model_dir": str(model_dir)}
+    model_dir, model = model_for_round(cfg, round_)
+    inputs = {"prompts": prompt_set_fingerprint(cfg.data), "model": model, "_model_dir": str(model_dir)}
     section = {"generate": cfg.generate.model_dump(exclude=OPERATIONAL_GENERATE_KEYS),
                "trust_remote_code": cfg.model.trust_remote_code}
     return _make_ref(cfg, "generate", round_, section, inputs)
@@ -115,6 +118,9 @@ def reference_model_dir(cfg: PipelineConfig) -> Path:
 def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     gen = require(generate_ref(cfg, round_), "score")
     inputs: dict[str, Any] = {"generate": gen.fingerprint}
+    files = {s.name: f for s in cfg.score.scorers if (f := scoring.scorer_files(s))}
+    if files:  # reward models, judge models and templates: by content, not by path
+        inputs["scorer_files"] = files
     if cfg.score.reference_logprobs:
         ref_dir = reference_model_dir(cfg)
         inputs |= {"reference_model": model_digest(str(ref_dir)), "_reference_model_dir": str(ref_dir)}
@@ -156,10 +162,11 @@ def stage_lock(ref: StageRef, suffix: str = "") -> Iterator[None]:
 def prepare(ref: StageRef, force: bool) -> Manifest | None:
     """Return the cached manifest, or make the directory ready for a (resumed) run."""
     if force:
+        remote.delete_tree(ref.directory)  # first: a crash in between must not resurrect it
         shutil.rmtree(ref.directory, ignore_errors=True)
-        remote.delete_tree(ref.directory)
     m = ref.manifest()
     if m is not None:
+        remote.pull_tree(ref.directory, finished_only=True)  # cached on a remote workdir: fetch it
         return m
     ref.directory.mkdir(parents=True, exist_ok=True)
     clean_temporaries(ref.directory)

@@ -16,7 +16,7 @@ from grao_pipe.config import DataConfig, PipelineConfig
 from grao_pipe.generation import make_sampler
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
-from grao_pipe.remote import local_input, local_workdir
+from grao_pipe.remote import ensure_local, local_input, local_workdir
 from grao_pipe.stages.common import (
     StageRef,
     base_model_dir,
@@ -35,7 +35,7 @@ def _models(cfg: PipelineConfig) -> tuple[Path, Path]:
         return base, local_input(cfg.eval.model)
     last = train_ref(cfg, cfg.run.rounds)
     require(last, "eval")
-    return base, last.directory / "model"
+    return base, ensure_local(last.directory / "model")
 
 
 def _answers(cfg: PipelineConfig, model: Path, data: DataConfig) -> tuple[list[Any], list[str]]:

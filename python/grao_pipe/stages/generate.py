@@ -123,7 +123,7 @@ def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef, part: tup
     paths = [ref.directory / shard_name(i, n_shards) for i in range(n_shards)]
     todo = [i for i in range(n_shards) if i % n_parts == k and not shard_is_committed(paths[i], "generate")]
     if todo:
-        model_dir = Path(ref.inputs["_model_dir"])
+        model_dir = remote.ensure_local(Path(ref.inputs["_model_dir"]))
         tok = PolicyTokenizer(model_dir, cfg.model.trust_remote_code)
         sampler = make_sampler(cfg, model_dir, tok)
         columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from grao_pipe.config import PipelineConfig, TrainConfig
 from grao_pipe.errors import ConfigError, InputError, StageFailed
 from grao_pipe.models import policy_digest
+from grao_pipe.remote import ensure_local, is_url
 from grao_pipe.stages.common import (
     Outcome,
     StageRef,
@@ -77,6 +78,9 @@ def check_tensorboard(cfg: TrainConfig) -> None:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
+    if cfg.train.nnodes > 1 and is_url(cfg.workdir):
+        raise ConfigError("train.nnodes > 1 needs a workdir every node shares (a shared filesystem); "
+                          f"{cfg.workdir} is mirrored per machine. Train on one node, or mount the storage")
     ref = train_ref(cfg, round_)
     # Nodes of one multi-node run share the output directory: one lock per node, not per stage.
     with stage_lock(ref, f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""):
@@ -100,7 +104,7 @@ def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcom
     hashed_train = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))
     spec = {
         "train": cfg.train.model_dump(),
-        "model_dir": ref.inputs["_model_dir"],
+        "model_dir": str(ensure_local(Path(ref.inputs["_model_dir"]))),
         "shards": [[str(member(sc_ref.directory, s["name"])), s["sha256"]] for s in sc.shards],
         "output_dir": str(ref.directory),
         # What a checkpoint must have been trained on to be resumed from.
