@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -64,14 +65,22 @@ def _grao_pipe(verb: str, *extra: str) -> None:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log.info("running %s (in %s)", " ".join(cmd), project)
     try:
-        with subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.info("%s", line.rstrip())
+        # Own process group: if Airflow kills this task (timeout, mark failed), the CLI and its
+        # torchrun workers go too, instead of holding the stage lock for the retries.
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     except FileNotFoundError:
         raise AirflowFailException(f"grao-pipe executable {exe!r} not found; set GRAO_PIPE_BIN "
                                    "or the grao_pipe_bin param/Variable") from None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.info("%s", line.rstrip())
+        proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
     rc = proc.returncode
     if rc == CACHED:
         raise AirflowSkipException(f"grao-pipe {verb}: cached, nothing to do")
