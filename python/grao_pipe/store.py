@@ -132,28 +132,35 @@ def _schema_version(path: Path, raw: bytes | None) -> int:
                         "it was not written by grao-pipe") from None
 
 
-def _upgrade(path: Path, table: pa.Table, version: int, stage: str) -> pa.Table:
-    """Bring a shard of an older data contract to the current one (schemas.MIGRATIONS)."""
+def _check_version(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise DataError(f"{path}: schema version {version} is newer than this grao-pipe's "
                         f"({SCHEMA_VERSION}); upgrade grao-pipe to read it")
     if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
         raise DataError(f"{path}: schema version {version} is older than {SCHEMA_VERSION} and no "
                         "migration exists for it; re-run the stage that made it with --force")
+
+
+def _upgrade(path: Path, table: pa.Table, version: int, stage: str) -> pa.Table:
+    """Bring a shard of an older data contract to the current one (schemas.MIGRATIONS)."""
+    _check_version(path, version)
     for v in range(version, SCHEMA_VERSION):
         table = MIGRATIONS[v](table, stage)
     return table
 
 
 def shard_is_committed(path: Path, stage: str) -> bool:
-    """True if a shard left by an earlier (crashed) run is complete and readable."""
+    """True if a shard left by an earlier (crashed) run is complete. Shards are committed by
+    rename, so a readable footer of the right stage and a readable version is enough: stages
+    ask this for every shard on every (resumed) run, and the footer is a small read."""
     if not path.is_file():
         return False
     try:
-        read_shard(path, stage)
-    except DataError:
+        meta = pq.read_schema(path).metadata or {}
+        _check_version(path, _schema_version(path, meta.get(META_VERSION)))
+    except (OSError, pa.ArrowException, DataError):
         return False
-    return True
+    return meta.get(META_STAGE) == stage.encode()
 
 
 @dataclass(frozen=True)

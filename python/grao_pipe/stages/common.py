@@ -115,8 +115,10 @@ def reference_model_dir(cfg: PipelineConfig) -> Path:
     return local_input(cfg.score.reference_model) if cfg.score.reference_model else base_model_dir(cfg)
 
 
-def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
-    gen = require(generate_ref(cfg, round_), "score")
+def score_ref(cfg: PipelineConfig, round_: int, generate: StageRef | None = None) -> StageRef:
+    """``generate``: the round's generate ref when the caller has it (refs of round r depend on
+    round r-1's, so recomputing it here would make the work grow as 2^rounds)."""
+    gen = require(generate or generate_ref(cfg, round_), "score")
     inputs: dict[str, Any] = {"generate": gen.fingerprint}
     files = {s.name: f for s in cfg.score.scorers if (f := scoring.scorer_files(s))}
     if files:  # reward models, judge models and templates: by content, not by path
@@ -129,7 +131,7 @@ def score_ref(cfg: PipelineConfig, round_: int) -> StageRef:
 
 def train_ref(cfg: PipelineConfig, round_: int) -> StageRef:
     gen = generate_ref(cfg, round_)
-    sc = require(score_ref(cfg, round_), "train")
+    sc = require(score_ref(cfg, round_, gen), "train")
     inputs = {"score": sc.fingerprint, "model": gen.inputs["model"], "_model_dir": gen.inputs["_model_dir"]}
     # Launch-only keys (which node this is, logging) do not change what is trained.
     section = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))

@@ -141,13 +141,13 @@ def _stats(scored: pa.Table) -> dict[str, Any]:
 
 
 def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    ref = score_ref(cfg, round_)
-    with stage_lock(ref, ""):
-        return _run(cfg, round_, force, ref)
-
-
-def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
     gen_ref = generate_ref(cfg, round_)
+    ref = score_ref(cfg, round_, gen_ref)
+    with stage_lock(ref, ""):
+        return _run(cfg, force, ref, gen_ref)
+
+
+def _run(cfg: PipelineConfig, force: bool, ref: StageRef, gen_ref: StageRef) -> Outcome:
     gen = require(gen_ref, "score")
     cached = prepare(ref, force)
     if cached is not None:
@@ -183,5 +183,5 @@ def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcom
         "seconds": round(timer.seconds, 3),
     }
     manifest = write_manifest(ref.directory, stage="score", key=ref.key, config=ref.config,
-                              inputs={**ref.inputs, "round": round_}, shards=entries, stats=stats)
+                              inputs={**ref.inputs, "round": ref.round}, shards=entries, stats=stats)
     return Outcome(ref, False, manifest, timer.seconds)
