@@ -164,3 +164,19 @@ def test_unreachable_storage_is_a_clear_error_and_the_next_run_publishes(tiny_co
     assert again.returncode == 0, again.stderr
     objects = _keys(client, missing.removeprefix("s3://"), "runs/d/generate/")
     assert any(k.endswith("manifest.json") for k in objects) and any("/shard-" in k for k in objects)
+
+
+def test_another_machine_reuses_the_published_raw_rewards(tiny_config, s3, tmp_path, monkeypatch):
+    from grao_pipe.config import load_config
+    from grao_pipe.stages import generate, score
+
+    url, _ = s3
+    cfg_path = tiny_config(workdir=f"{url}/runs/e")
+    generate.run(load_config(cfg_path))
+    first = score.run(load_config(cfg_path))
+    assert set(first.manifest.data["stats"]["scorer_shards_computed"].values()) == {2}
+
+    monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-b"))  # another machine re-scores
+    again = score.run(load_config(cfg_path, ["score.advantage.mode=rank"]))
+    assert not again.cached
+    assert set(again.manifest.data["stats"]["scorer_shards_computed"].values()) == {0}  # no scorer call

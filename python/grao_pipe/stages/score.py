@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from grao_pipe import advantages, scoring
 from grao_pipe.config import PipelineConfig, ScorerConfig
 from grao_pipe.errors import DataError
-from grao_pipe.remote import local_workdir
+from grao_pipe.remote import ensure_local, local_workdir
 
 if TYPE_CHECKING:
     from grao_pipe.reference_model import ReferenceModel
@@ -52,7 +52,7 @@ class _Rewards:
 
     def get(self, name: str, table: pa.Table) -> tuple[pa.Array, int, int]:
         """(rewards aligned with ``table``, scorer errors, unparseable answers)."""
-        path = self.dir / name
+        path = ensure_local(self.dir / name)  # another machine may have scored it already
         if shard_is_committed(path, "rewards"):
             cached = read_shard(path, "rewards")
             if cached["group_id"].equals(table["group_id"]) and cached["sample_idx"].equals(table["sample_idx"]):
