@@ -115,7 +115,7 @@ def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
     meta = table.schema.metadata or {}
-    table = _upgrade(path, table, _schema_version(path, meta.get(META_VERSION)), stage)
+    table = _upgrade(table, _schema_version(path, meta.get(META_VERSION)), stage)
     if meta.get(META_STAGE) != stage.encode():
         raise DataError(f"{path}: written by stage {meta.get(META_STAGE)!r}, expected {stage!r}")
     missing = [n for n in SCHEMAS[stage].names if n not in table.column_names]
@@ -125,25 +125,23 @@ def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa
 
 
 def _schema_version(path: Path, raw: bytes | None) -> int:
+    """The shard's schema version, if this release can read it (as is, or by migrating)."""
     try:
-        return int(raw or b"")
+        version = int(raw or b"")
     except ValueError:
         raise DataError(f"{path}: no grao-pipe schema version in its metadata (found {raw!r}); "
                         "it was not written by grao-pipe") from None
-
-
-def _check_version(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise DataError(f"{path}: schema version {version} is newer than this grao-pipe's "
                         f"({SCHEMA_VERSION}); upgrade grao-pipe to read it")
     if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
         raise DataError(f"{path}: schema version {version} is older than {SCHEMA_VERSION} and no "
                         "migration exists for it; re-run the stage that made it with --force")
+    return version
 
 
-def _upgrade(path: Path, table: pa.Table, version: int, stage: str) -> pa.Table:
+def _upgrade(table: pa.Table, version: int, stage: str) -> pa.Table:
     """Bring a shard of an older data contract to the current one (schemas.MIGRATIONS)."""
-    _check_version(path, version)
     for v in range(version, SCHEMA_VERSION):
         table = MIGRATIONS[v](table, stage)
     return table
@@ -157,7 +155,7 @@ def shard_is_committed(path: Path, stage: str) -> bool:
         return False
     try:
         meta = pq.read_schema(path).metadata or {}
-        _check_version(path, _schema_version(path, meta.get(META_VERSION)))
+        _schema_version(path, meta.get(META_VERSION))
     except (OSError, pa.ArrowException, DataError):
         return False
     return meta.get(META_STAGE) == stage.encode()
