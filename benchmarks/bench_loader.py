@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from grao_pipe.schemas import SCORE_SCHEMA, shard_name
-from grao_pipe.store import write_shard
+from grao_pipe.storage.shards import write_shard
 
 
 def make_shards(root: Path, groups: int, g: int, tokens: int, per_shard: int = 5000) -> list[tuple[str, str]]:

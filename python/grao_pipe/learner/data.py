@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from grao_pipe.store import read_shard
+from grao_pipe.storage.shards import read_shard
 
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
            "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",

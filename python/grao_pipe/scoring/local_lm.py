@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from grao_pipe.errors import InputError
-from grao_pipe.remote import local_input
 
 
 class LocalChat:
-    def __init__(self, model_dir: str, max_new_tokens: int = 16, batch_size: int = 16):
+    def __init__(self, path: Path, max_new_tokens: int = 16, batch_size: int = 16):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from grao_pipe._quiet import quiet_transformers
 
         quiet_transformers()
-        path = local_input(model_dir)
         if not (path / "config.json").is_file():
-            raise InputError(f"judge model {model_dir} is not a Hugging Face model directory")
+            raise InputError(f"judge model {path} is not a Hugging Face model directory")
         self._torch = torch
         self.tok = AutoTokenizer.from_pretrained(path)
         self.tok.padding_side = "left"

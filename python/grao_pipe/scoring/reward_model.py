@@ -7,22 +7,21 @@ token, so a sequence's score does not depend on which batch it landed in.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from grao_pipe.config import RewardModelScorer
 from grao_pipe.errors import InputError
-from grao_pipe.remote import local_input
 from grao_pipe.scoring.base import ScoreResult
 
 
 class RewardModel:
-    def __init__(self, cfg: RewardModelScorer):
+    def __init__(self, cfg: RewardModelScorer, path: Path):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from grao_pipe._quiet import quiet_transformers
 
         quiet_transformers()
-        path = local_input(cfg.path)
         if not (path / "config.json").is_file():
             raise InputError(f"score.scorers[{cfg.name}].path: {cfg.path} is not a Hugging Face model directory")
         self.cfg = cfg
