@@ -97,7 +97,7 @@ def _feature(t: pa.DataType) -> dict[str, Any]:
         inner = t.value_type
         if pa.types.is_struct(inner):
             return {"list": [{"name": f.name, **_feature(f.type)} for f in inner]}
-        return {"sequence": _feature(inner)["dtype"]} if inner in _DTYPES else {"list": _feature(inner)}
+        return {"list": _DTYPES[inner]} if inner in _DTYPES else {"list": _feature(inner)}
     if pa.types.is_struct(t):
         return {"struct": [{"name": f.name, **_feature(f.type)} for f in t]}
     raise DataError(f"column type {t} has no dataset-card feature mapping")

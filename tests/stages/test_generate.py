@@ -78,7 +78,7 @@ def test_server_down_keeps_finished_shards(tiny_config, openai_server, tmp_path)
     # The server URL is not part of the cache key (it does not change what is sampled).
     assert stage_dir("generate", dead) == done.target.dir.path
     before = kept.stat().st_mtime_ns
-    with pytest.raises(EndpointError, match="no valid answer"):
+    with pytest.raises(EndpointError, match="no answer after 2 attempts"):
         run_stage("generate", dead)
     assert kept.stat().st_mtime_ns == before and not (done.target.dir.path / MANIFEST_NAME).exists()
     assert len(_rows(done.target.dir.path)) == 6  # the committed shard is intact; nothing partial

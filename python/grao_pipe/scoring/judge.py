@@ -67,10 +67,10 @@ class Judge:
         if cfg.backend == "openai":
             if not cfg.base_url:
                 raise ConfigError(f"score.scorers[{cfg.name}].base_url is required for the openai backend")
-            from grao_pipe.openai_client import OpenAIClient
+            from grao_pipe.openai_client import OpenAIEndpoint
 
-            self._client = OpenAIClient(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
-                                        max_retries=cfg.max_retries, concurrency=cfg.concurrency)
+            self._client = OpenAIEndpoint(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
+                                          max_retries=cfg.max_retries, concurrency=cfg.concurrency)
         else:
             from grao_pipe.scoring.local_lm import LocalChat
 
@@ -86,7 +86,7 @@ class Judge:
 
             bodies = [{"model": self.cfg.model, "messages": [{"role": "user", "content": p}],
                        "max_tokens": self.cfg.max_tokens, "temperature": 0.0, "seed": 0} for p in prompts]
-            return [message_text(r) for r in self._client.chat_many(bodies)]
+            return [message_text(r) for r in self._client.map(self._client.chat, bodies)]
         return self._local.complete(prompts)
 
     def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
