@@ -195,6 +195,17 @@ class ScoreConfig(_Section):
         return self
 
 
+class LoggingConfig(_Section):
+    """Where per-step metrics go besides ``<train dir>/metrics.jsonl`` (always written)."""
+
+    backends: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ()
+    wandb_project: str = "grao-pipe"
+    # offline: the run is written under <train dir>/wandb and uploaded with `wandb sync` later.
+    wandb_mode: Literal["offline", "online"] = "offline"
+    mlflow_uri: str | None = Field(None, description="tracking URI; default: a file store under <train dir>/mlruns")
+    mlflow_experiment: str = "grao-pipe"
+
+
 class TrainConfig(_Section):
     objective: Literal["grao", "sft", "dpo", "grpo"] = "grao"
     exploration: bool = True  # GRAO exploration term on (off: the ablation without it)
@@ -229,7 +240,7 @@ class TrainConfig(_Section):
     # flex_attention a block-sparse document mask (needs CUDA: no flex backward on CPU),
     # flash_attention_2/3 position ids only (needs the flash-attn package).
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = "sdpa"
-    tensorboard: Operational[bool] = False  # rank 0 also writes the per-step metrics to <train dir>/tensorboard
+    logging: Operational[LoggingConfig] = LoggingConfig()  # rank 0 logs each step's metrics
     # Several nodes: each runs `grao-pipe train` with its own node_rank on a shared workdir;
     # rdzv_endpoint (host:port) is node 0's address. nnodes=1: torchrun --standalone.
     # nnodes stays in the key: it changes the world size, hence the data order per rank.

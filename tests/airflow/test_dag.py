@@ -125,7 +125,7 @@ def test_second_run_skips_cached_stages(dag, pipeline, monkeypatch):
 
 def test_changed_score_config_reruns_score_and_train_only(dag, pipeline):
     conf, workdir, *_ = pipeline
-    changed = {**conf, "overrides": [*conf["overrides"], "score.advantage.mode=samples_only"]}
+    changed = {**conf, "overrides": [*conf["overrides"], "score.advantage.eps=0.001"]}
     result = run_dag(dag, changed)
     # none_failed: the cached (skipped) generate does not skip score, whose config changed.
     assert states(result) == {"shard_specs": ["success"], "generate": ["skipped"] * SHARDS,

@@ -41,20 +41,20 @@ def test_launch_settings_are_checked(tmp_path, overrides, match):
 
 def test_node_rank_and_monitoring_are_not_part_of_what_is_computed():
     unkeyed = TrainConfig.unkeyed_fields()
-    assert {"node_rank", "rdzv_endpoint", "tensorboard"} <= set(unkeyed)
+    assert {"node_rank", "rdzv_endpoint", "logging"} <= set(unkeyed)
     assert "nnodes" not in unkeyed  # the world size is
-    a = TrainConfig(nnodes=2, node_rank=0, rdzv_endpoint="h:1", tensorboard=True)
+    a = TrainConfig(nnodes=2, node_rank=0, rdzv_endpoint="h:1", logging={"backends": ["tensorboard"]})
     b = TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="other:2")
     assert keyed(a) == keyed(b) and keyed(a) != keyed(TrainConfig(nnodes=3, rdzv_endpoint="h:1"))
 
 
-def test_tensorboard_without_the_package_fails_before_launch(monkeypatch):
+def test_a_logger_without_its_package_fails_before_launch(monkeypatch):
     import importlib.util
 
     from grao_pipe.stages import train
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        train.check_tensorboard(TrainConfig(tensorboard=True))
-    train.check_tensorboard(TrainConfig())  # off: nothing to check
+    with pytest.raises(ConfigError, match=r"train.logging.backends=\[tensorboard\] needs the \[tracking\] extra"):
+        train.check_loggers(TrainConfig(logging={"backends": ["tensorboard"]}))
+    train.check_loggers(TrainConfig())  # none: nothing to check

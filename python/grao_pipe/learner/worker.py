@@ -26,20 +26,11 @@ from grao_pipe.learner import attention, checkpoint
 from grao_pipe.learner.data import Group, GroupStore, collate, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import CausalLMLogps
+from grao_pipe.learner.metric_logging import make_loggers
 from grao_pipe.learner.objectives import step_loss
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-def tensorboard_writer(log_dir: Path, start_step: int) -> Any:
-    """A SummaryWriter (imported lazily: tensorboard is optional) that drops events from
-    ``start_step`` on, so a resumed run does not show the crashed run's later steps twice."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # torch.utils.tensorboard imports the tensorboard package
-        raise SystemExit("train: train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(str(log_dir), purge_step=start_step or None)
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -60,15 +51,16 @@ def main(spec_path: str) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
+    quiet()
     model_dir = spec["model_dir"]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # local_files_only: the export's tokenizer_config.json must not depend on the environment.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if cfg.attn_implementation == attention.FLEX and not use_cuda:
         raise SystemExit("train: attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
                          "backward on CPU); use train.attn_implementation=sdpa")
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
                                               attn_implementation=cfg.attn_implementation)
     lm.to(device)  # type: ignore[arg-type]
     if cfg.activation_checkpointing:
@@ -94,7 +86,6 @@ def main(spec_path: str) -> None:
         raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
     steps_per_epoch = len(groups) // step_size
     total_steps = steps_per_epoch * cfg.epochs
-    metrics_path = out / "metrics.jsonl"
     ckpt_root = out / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
 
@@ -108,13 +99,8 @@ def main(spec_path: str) -> None:
         start = int(extra["step"])
         sched.last_epoch = start - 1
         sched.step()  # restore the LR of step `start`
-        if rank == 0 and metrics_path.exists():  # drop lines logged after the checkpoint
-            kept = metrics_path.read_text().splitlines()[:start]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif rank == 0:
-        metrics_path.unlink(missing_ok=True)
-    # Resumed: events logged after the checkpoint's step are purged, as metrics.jsonl lines are.
-    writer = tensorboard_writer(out / "tensorboard", start) if cfg.tensorboard and rank == 0 else None
+    # Resumed: what was logged after the checkpoint's step is dropped (JSONL, TensorBoard).
+    loggers = make_loggers(cfg.logging, out, spec["run_id"], spec["train"], start) if rank == 0 else None
 
     peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
     fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
@@ -176,13 +162,8 @@ def main(spec_path: str) -> None:
             }
             if not all(math.isfinite(v) for v in vals):
                 raise FloatingPointError(f"non-finite loss at step {step}: {rec}")
-            with open(metrics_path, "a") as f:  # appended per step: a crash keeps what was logged
-                f.write(json.dumps(rec) + "\n")
-            if writer is not None:
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                        writer.add_scalar(f"train/{k}", v, step)
-                writer.flush()
+            assert loggers is not None
+            loggers.log(step, rec)
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
             checkpoint.save(ckpt_root, done, model, opt, {"step": done, "spec_digest": spec["spec_digest"]})
@@ -196,8 +177,8 @@ def main(spec_path: str) -> None:
     counts = torch.tensor([groups.stats.truncated, groups.stats.skipped], device=device)
     dist.all_reduce(counts)
     load_stats = {"rows": groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
-    if writer is not None:
-        writer.close()
+    if loggers is not None:
+        loggers.close()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         # Eager attention: the export only holds weights (config.json does not record the kernel).

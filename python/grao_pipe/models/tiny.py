@@ -52,9 +52,11 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.extras import require
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
+    require("the embedded tiny model (model.path: null)", "torch", "transformers")
+    quiet()
 
     tokenizer = _train_tokenizer(corpus)
     config = Qwen2Config(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 
 from grao_pipe.config import TrainConfig, keyed
 from grao_pipe.errors import ConfigError, InputError, StageFailed
+from grao_pipe.extras import require
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
 from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
@@ -66,9 +66,10 @@ def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str
     return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
 
 
-def check_tensorboard(cfg: TrainConfig) -> None:
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard")
+def check_loggers(cfg: TrainConfig) -> None:
+    """Each configured metric logger's package is installed (before torchrun starts)."""
+    for backend in cfg.logging.backends:
+        require(f"train.logging.backends=[{backend}]", backend)
 
 
 class Train(Stage):
@@ -100,7 +101,7 @@ class Train(Stage):
         lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
         sc_target = p.target("score", target.round)
         sc = sc_target.require("train")
-        check_tensorboard(cfg.train)
+        check_loggers(cfg.train)
         shards = [sc_target.dir.member(s.name) for s in sc.shards]
         check_columns(cfg.train, shards)
         out = target.dir.path
@@ -114,6 +115,7 @@ class Train(Stage):
             "model_dir": str(policy.local_dir()),
             "shards": [[str(path), s.sha256] for path, s in zip(shards, sc.shards, strict=True)],
             "output_dir": str(out),
+            "run_id": target.key[:16],  # names the W&B / MLflow run: a resumed stage continues it
             # What a checkpoint must have been trained on to be resumed from.
             "spec_digest": digest({"train": keyed(cfg.train), "model": policy.digest,
                                    "shards": [s.sha256 for s in sc.shards]}),
