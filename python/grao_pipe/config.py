@@ -280,6 +280,10 @@ class RunConfig(_Section):
     eval: bool = False
 
 
+# Objectives whose advantages come from the spread of rewards within a group.
+GROUP_OBJECTIVES = frozenset({"grao", "grpo"})
+
+
 class PipelineConfig(_Section):
     name: str = "grao"
     workdir: str = "runs/default"
@@ -290,6 +294,14 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _groups_need_samples(self) -> PipelineConfig:
+        # Group-relative objectives compare a group's samples: one sample is always degenerate.
+        if self.generate.num_samples < 2 and self.train.objective in GROUP_OBJECTIVES:
+            raise ValueError(f"generate.num_samples={self.generate.num_samples}: train.objective="
+                             f"{self.train.objective} needs at least 2 samples per prompt (G >= 2; the paper uses 8)")
+        return self
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

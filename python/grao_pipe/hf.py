@@ -33,8 +33,14 @@ def check_model_dir(path: Path, what: str) -> None:
                          "a directory saved with save_pretrained, or a .gguf file for model.path")
 
 
+_WARNED: set[Path] = set()
+
+
 def warn_remote_code(path: Path) -> None:
-    """``trust_remote_code`` executes the model's own Python: say so, and which files."""
+    """``trust_remote_code`` executes the model's own Python: say so, and which files (once a path)."""
+    if path in _WARNED:
+        return
+    _WARNED.add(path)
     files = sorted(p.name for p in path.glob("*.py"))
     listed = ", ".join(files) if files else "none found in the directory (the config may name hub code)"
     print(f"WARNING: trust_remote_code=true: loading {path} runs Python code shipped with the model "
@@ -55,6 +61,8 @@ def load_tokenizer(path: Path, *, padding_side: Literal["left", "right"] = "righ
 
     quiet()
     check_model_dir(path, "model")
+    if trust_remote_code:
+        warn_remote_code(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     tok.padding_side = padding_side
     if tok.pad_token_id is None:

@@ -86,7 +86,9 @@ class Pipeline:
             return self.model_at(self.cfg.model.path)
         from grao_pipe.models.tiny import build_tiny_model, tiny_model_key
 
-        corpus = [t for p in self.prompt_set.prompts for t in (p.text or "", p.reference)]
+        # Everything the model will read: plain prompts, chat turns (and their roles), references.
+        corpus = [t for p in self.prompt_set.prompts
+                  for t in (p.text or "", *(f"{r}: {c}" for r, c in p.messages or ()), p.reference)]
         key = tiny_model_key(self.cfg.model.tiny, corpus)
         return Policy(f"tiny-{key}", lambda: build_tiny_model(self.cfg.model.tiny, corpus, self.workdir.scratch("models")))
 

@@ -104,3 +104,42 @@ def test_concurrent_runs_of_one_stage_lock(tiny_config, tmp_path):
     for verb in ("generate", "score", "train"):
         assert cli(verb, "-c", str(cfg), "--cached-exit-code", "99").returncode == 99
         assert cli(verb, "-c", str(cfg)).returncode == 0  # default: cached is success
+
+
+def _status_without_torch(cfg, *overrides):
+    """`grao-pipe status` in a process where importing torch fails."""
+    code = ("import sys; sys.modules['torch'] = None; from grao_pipe.cli import main; "
+            f"main(['status', '-c', {str(cfg)!r}, *{list(overrides)!r}])")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=120)
+
+
+def test_status_is_read_only_and_needs_no_torch(tiny_config, tmp_path):
+    cfg = tiny_config()
+    fresh = _status_without_torch(cfg)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "missing" in fresh.stdout and "waiting" in fresh.stdout
+    assert not (tmp_path / "work").exists()  # it computed keys without building the tiny model
+    assert cli("run", "-c", str(cfg)).returncode == 0
+    before = sorted(p for p in (tmp_path / "work").rglob("*"))
+    done = _status_without_torch(cfg)
+    assert done.returncode == 0 and done.stdout.count("done") == 3, done.stderr
+    assert sorted(p for p in (tmp_path / "work").rglob("*")) == before
+
+
+def test_keys_do_not_depend_on_how_the_stages_were_launched(tiny_config, tmp_path):
+    """`run` in one process and the verbs one by one (as the Airflow DAG calls them, here without
+    HF_HUB_OFFLINE in the environment) give the same key to every stage, round 2's included."""
+    cfg = tiny_config()
+    assert cli("run", "-c", str(cfg), f"workdir={tmp_path / 'a'}").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    for verb in ("generate", "score", "train"):
+        out = subprocess.run([*BIN, verb, "-c", str(cfg), f"workdir={tmp_path / 'b'}"], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr
+    import re
+
+    tables = [_status_without_torch(cfg, f"workdir={tmp_path / w}", "run.rounds=2").stdout for w in ("a", "b")]
+    assert tables[0].count("done") == 3 and "missing" in tables[0]  # round 2's generate has a key
+    keys = [re.findall(r"\b[0-9a-f]{16}\b", t) for t in tables]
+    assert len(keys[0]) == 4 and keys[0] == keys[1]

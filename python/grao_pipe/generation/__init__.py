@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from grao_pipe.config import GenerateConfig
+from grao_pipe.errors import InputError
 from grao_pipe.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ def prepare_requests(cfg: GenerateConfig, tok: PolicyTokenizer, prompts: list[Pr
     for p in prompts:
         text = tok.render(p)
         ids = tok.encode(text)
+        if not ids:
+            raise InputError(f"prompt {p.index} of the prompt set tokenizes to no tokens with the policy's "
+                             "tokenizer; check the row, or the tokenizer (model.path)")
         if len(ids) > limit:
             if cfg.overlong_prompt == "skip" or p.messages is not None:
                 skipped += 1  # a chat transcript cut in the middle is not a prompt: skip it

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from grao_pipe import advantages, scoring
-from grao_pipe.config import PipelineConfig, ScorerConfig, keyed
+from grao_pipe.config import GROUP_OBJECTIVES, PipelineConfig, ScorerConfig, keyed
 from grao_pipe.errors import DataError
 from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats
 from grao_pipe.schemas import META_ERRORS, META_UNPARSEABLE
@@ -33,6 +33,7 @@ class _Rewards:
         self.cfg = scorer_cfg
         self.files = p.scorer_files(scorer_cfg)
         self.dir: StageDir = p.workdir.cache_dir("rewards", scoring.scorer_key(scorer_cfg, self.files)[:16], gen_key[:16])
+        self.dir.clean()  # temporaries a killed run left behind
         self._scorer: Scorer | None = None
         self.computed = 0  # shards scored in this run (0 when everything came from the cache)
 
@@ -138,7 +139,7 @@ def _check_signal(target: Target, st: ScoreStats, cfg: PipelineConfig) -> None:
                         f"score.max_invalid_share={cfg.score.max_invalid_share:g}; fix the scorer (judge model, "
                         "template, endpoint) or raise the share")
     # Group objectives learn from the spread of rewards within a group; SFT and DPO do not.
-    if cfg.train.objective in ("grao", "grpo") and st.groups and st.degenerate_share > cfg.score.max_degenerate_share:
+    if cfg.train.objective in GROUP_OBJECTIVES and st.groups and st.degenerate_share > cfg.score.max_degenerate_share:
         raise DataError(f"{where}: {st.degenerate_groups} of {st.groups} groups are degenerate "
                         f"({st.degenerate_share:.0%}: no reward spread, so no learning signal), over "
                         f"score.max_degenerate_share={cfg.score.max_degenerate_share:g}; check the scorer and "

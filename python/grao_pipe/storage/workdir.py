@@ -189,6 +189,11 @@ class StageDir:
             self._mirror.pull_tree(self.path)
         return None
 
+    def clean(self) -> None:
+        """Remove temporaries of crashed writers (never a committed file, nor a live writer's)."""
+        if self.path.is_dir():
+            shards.clean_temporaries(self.path)
+
     def pull(self) -> None:
         """Fetch shards other machines committed meanwhile (``--shard`` workers)."""
         if self._mirror is not None:
