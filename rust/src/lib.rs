@@ -1,6 +1,6 @@
 //! Rust core of grao-pipe.
 //!
-//! The kernels ([`groups`], [`advantages`], [`packing`]) are plain Rust over slices and have no
+//! The kernels ([`groups`], [`advantages`], [`packing`], [`microbatch`]) are plain Rust over slices and have no
 //! Python dependency, so `cargo test` exercises them without linking Python. The thin PyO3
 //! bindings in `python.rs` (cargo feature `python`, turned on by maturin) move Arrow arrays in
 //! and out through the Arrow PyCapsule interface and validate every input before a kernel runs.
@@ -12,6 +12,7 @@ pub mod advantages;
 pub mod bitmap;
 pub mod groups;
 pub mod mem;
+pub mod microbatch;
 pub mod packing;
 
 #[cfg(feature = "python")]
