@@ -21,6 +21,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::packing::{self, PackError, Packing};
+use crate::pool;
 
 // ---- Input: borrowed Arrow buffers ----
 
@@ -529,14 +530,14 @@ fn write_padded(
         t,
         b,
         g,
-        input_ids: vec![pad_id; n * t],
-        attention_mask: vec![0; n * t],
-        loss_mask: vec![0.0; n * w],
-        behaviour: vec![0.0; n * w],
-        reference: vec![0.0; n * w],
-        advantage: vec![0.0; b * g],
-        reward: vec![0.0; b * g],
-        sample_mask: vec![0.0; b * g],
+        input_ids: pool::filled(n * t, pad_id),
+        attention_mask: pool::filled(n * t, 0i64),
+        loss_mask: pool::filled(n * w, 0.0),
+        behaviour: pool::filled(n * w, 0.0),
+        reference: pool::filled(n * w, 0.0),
+        advantage: pool::filled(b * g, 0.0),
+        reward: pool::filled(b * g, 0.0),
+        sample_mask: pool::filled(b * g, 0.0),
         reference_advantage: groups
             .iter()
             .map(|x| x.reference_advantage as f32)
@@ -686,13 +687,13 @@ pub fn write_packed(seqs: &[Seq<'_>], rows: &Rows, pad_id: i64) -> Packed {
     let mut out = Packed {
         rows: r,
         width: w,
-        input_ids: vec![pad_id; r * w],
-        position_ids: vec![0; r * w],
-        segment: vec![-1; r * w],
-        src_row: Vec::with_capacity(k),
-        src_col: Vec::with_capacity(k),
-        dst_seq: Vec::with_capacity(k),
-        dst_pos: Vec::with_capacity(k),
+        input_ids: pool::filled(r * w, pad_id),
+        position_ids: pool::filled(r * w, 0),
+        segment: pool::filled(r * w, -1),
+        src_row: pool::with_capacity(k),
+        src_col: pool::with_capacity(k),
+        dst_seq: pool::with_capacity(k),
+        dst_pos: pool::with_capacity(k),
         real_tokens: real,
     };
     let mut fill = vec![0usize; r];
@@ -1097,13 +1098,18 @@ mod tests {
             assert_eq!((got.truncated, got.skipped), (want.truncated, want.skipped));
         }
         let want = ref_padded(&reference, -7);
-        let got = padded(&resolved, &resolved.groups, -7);
+        let (got, pk) = micro_batch(
+            &resolved,
+            &resolved.groups,
+            -7,
+            Some(RowWidth::Exactly(budget)),
+        )
+        .unwrap();
         assert_eq!(got, want);
-        let (seqs, _) = sequences(&resolved, &resolved.groups);
+        assert_eq!(got, padded(&resolved, &resolved.groups, -7));
         let (rseqs, _) = ref_seqs(&reference);
         let width = budget.max(got.t as u64);
-        let pk = packed(&seqs, RowWidth::Exactly(budget), -7).unwrap();
-        assert_eq!(pk, ref_packed(&rseqs, width as usize, -7));
+        assert_eq!(pk, Some(ref_packed(&rseqs, width as usize, -7)));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::groups::{find_runs, GroupKeys};
 use crate::mem::zeroed_vec;
 use crate::microbatch::{self, Bits, Fit, Lists, Overlong, RowWidth, Shard, Span};
 use crate::packing;
+use crate::pool;
 
 const SCHEMA_CAPSULE: &CStr = c"arrow_schema";
 const ARRAY_CAPSULE: &CStr = c"arrow_array";
@@ -490,45 +491,54 @@ struct NdArray {
     shape: Vec<usize>,
 }
 
-/// An owned allocation, as the raw parts of a boxed slice: after it is built, Rust neither
-/// reads nor writes it (numpy views may write), it only frees it on drop.
+/// An owned vector, as its raw parts: after it is built, Rust neither reads nor writes the
+/// memory (numpy views may write), it only hands it back to the pool on drop.
 enum Elems {
-    I64(*mut i64, usize),
-    F32(*mut f32, usize),
+    I64(RawVec<i64>),
+    F32(RawVec<f32>),
 }
 
-// SAFETY: `Elems` owns its allocation (nothing else frees it) and Rust code never touches
-// the memory after construction, so moving or sharing the handle between threads is sound.
-unsafe impl Send for Elems {}
+struct RawVec<T: pool::Pooled> {
+    ptr: *mut T,
+    len: usize,
+    capacity: usize,
+}
+
+impl<T: pool::Pooled> From<Vec<T>> for RawVec<T> {
+    fn from(v: Vec<T>) -> Self {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        RawVec {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            capacity: v.capacity(),
+        }
+    }
+}
+
+impl<T: pool::Pooled> Drop for RawVec<T> {
+    fn drop(&mut self) {
+        // SAFETY: the parts come from a Vec<T> that was never used again (ManuallyDrop), and
+        // this is the only place that rebuilds it.
+        let v = unsafe { Vec::from_raw_parts(self.ptr, self.len, self.capacity) };
+        pool::give(v);
+    }
+}
+
+// SAFETY: a RawVec owns its allocation (nothing else frees it) and Rust code never touches
+// the memory between construction and drop, so moving or sharing the handle is sound.
+unsafe impl<T: pool::Pooled> Send for RawVec<T> {}
 // SAFETY: as for Send: the handle is never used to access the memory from Rust.
-unsafe impl Sync for Elems {}
+unsafe impl<T: pool::Pooled> Sync for RawVec<T> {}
 
 impl From<Vec<i64>> for Elems {
     fn from(v: Vec<i64>) -> Self {
-        let b = v.into_boxed_slice();
-        let len = b.len();
-        Elems::I64(Box::into_raw(b).cast::<i64>(), len)
+        Elems::I64(v.into())
     }
 }
 
 impl From<Vec<f32>> for Elems {
     fn from(v: Vec<f32>) -> Self {
-        let b = v.into_boxed_slice();
-        let len = b.len();
-        Elems::F32(Box::into_raw(b).cast::<f32>(), len)
-    }
-}
-
-impl Drop for Elems {
-    fn drop(&mut self) {
-        // SAFETY: the parts come from `Box::into_raw` of a boxed slice of that length, and
-        // this is the only place that frees them.
-        unsafe {
-            match *self {
-                Elems::I64(p, n) => drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))),
-                Elems::F32(p, n) => drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))),
-            }
-        }
+        Elems::F32(v.into())
     }
 }
 
@@ -542,9 +552,9 @@ impl NdArray {
         } else {
             ">"
         };
-        let (ptr, typestr) = match self.elems {
-            Elems::I64(p, _) => (p as usize, "i8"),
-            Elems::F32(p, _) => (p as usize, "f4"),
+        let (ptr, typestr) = match &self.elems {
+            Elems::I64(v) => (v.ptr as usize, "i8"),
+            Elems::F32(v) => (v.ptr as usize, "f4"),
         };
         let d = PyDict::new(py);
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
@@ -560,8 +570,8 @@ impl NdArray {
 
     fn __repr__(&self) -> String {
         let dtype = match self.elems {
-            Elems::I64(..) => "int64",
-            Elems::F32(..) => "float32",
+            Elems::I64(_) => "int64",
+            Elems::F32(_) => "float32",
         };
         format!("<grao_pipe._native.NdArray {dtype} shape={:?}>", self.shape)
     }
