@@ -13,6 +13,7 @@ reference the kernel is tested against, and a way to batch groups built in memor
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -373,6 +374,9 @@ class StepLoader:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(start,), name="grao-loader", daemon=True)
         self._thread.start()
+        # A daemon thread still running at interpreter exit is torn down mid-call, which can
+        # abort the process: stop it first, also when the training loop raised.
+        atexit.register(self.close)
 
     def groups_of(self, step: int, order: np.ndarray | None = None) -> np.ndarray:
         """This rank's groups of ``step``, in training order."""
@@ -416,6 +420,8 @@ class StepLoader:
             raise item
         item.wait_s = time.perf_counter() - t0
         self.next_step += 1
+        if self.next_step == self.stop:
+            self.close()  # the producer is done: let its thread end
         return item
 
     def filler(self, step: Step) -> MicroBatch:
@@ -427,5 +433,7 @@ class StepLoader:
         return mb
 
     def close(self) -> None:
+        """Stops the background thread (waiting for a build in progress); idempotent."""
         self._closed.set()
         self._thread.join()
+        atexit.unregister(self.close)
