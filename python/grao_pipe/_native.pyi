@@ -41,7 +41,14 @@ class NdArray:
 class MicroBatcher:
     """The learner's micro-batches from tables of score rows (see rust/src/python.rs)."""
 
-    def __init__(self, tables: Iterable[Any], *, max_seq_len: int | None = None, overlong: str = "truncate") -> None: ...
+    def __init__(
+        self,
+        tables: Iterable[Any],
+        *,
+        max_seq_len: int | None = None,
+        overlong: str = "truncate",
+        names: list[str] | None = None,
+    ) -> None: ...
     def __len__(self) -> int: ...
     def build(
         self,

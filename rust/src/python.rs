@@ -760,17 +760,25 @@ type Built = (microbatch::Padded, Option<microbatch::Packed>);
 ///     memory-mapped table stays on disk until a batch reads it.
 /// max_seq_len, overlong: prompt + continuation longer than max_seq_len is cut
 ///     ("truncate") or left out ("skip"), as train.max_seq_len / train.overlong say.
+/// names: optional, one per table (e.g. its file), for error messages.
 #[pyclass(name = "MicroBatcher", module = "grao_pipe._native", frozen)]
 struct MicroBatcher {
     tables: Vec<ScoreTable>,
+    /// What error messages call each table (e.g. its file); default "table i".
+    names: Vec<String>,
     fit: Fit,
 }
 
 #[pymethods]
 impl MicroBatcher {
     #[new]
-    #[pyo3(signature = (tables, *, max_seq_len = None, overlong = "truncate"))]
-    fn new(tables: &Bound<'_, PyAny>, max_seq_len: Option<i64>, overlong: &str) -> PyResult<Self> {
+    #[pyo3(signature = (tables, *, max_seq_len = None, overlong = "truncate", names = None))]
+    fn new(
+        tables: &Bound<'_, PyAny>,
+        max_seq_len: Option<i64>,
+        overlong: &str,
+        names: Option<Vec<String>>,
+    ) -> PyResult<Self> {
         let overlong = match overlong {
             "truncate" => Overlong::Truncate,
             "skip" => Overlong::Skip,
@@ -795,8 +803,17 @@ impl MicroBatcher {
         for (t, obj) in iter.enumerate() {
             out.push(ScoreTable::import(&obj?, t)?);
         }
+        let names = names.unwrap_or_default();
+        if !names.is_empty() && names.len() != out.len() {
+            return Err(PyValueError::new_err(format!(
+                "names has {} entries for {} tables; pass one name per table",
+                names.len(),
+                out.len()
+            )));
+        }
         Ok(MicroBatcher {
             tables: out,
+            names,
             fit: Fit { max_len, overlong },
         })
     }
@@ -867,7 +884,7 @@ impl MicroBatcher {
             Ok((micro, counts(|g| g.truncated), counts(|g| g.skipped)))
         });
         let (micro, truncated, skipped) =
-            built.map_err(|e| PyValueError::new_err(e.to_string()))?;
+            built.map_err(|e| PyValueError::new_err(self.describe(&e)))?;
         let k = truncated.len();
         let list = PyList::empty(py);
         for (pad, pack) in micro {
@@ -878,6 +895,19 @@ impl MicroBatcher {
         out.set_item("truncated", nd(py, truncated, &[k])?)?;
         out.set_item("skipped", nd(py, skipped, &[k])?)?;
         Ok(out)
+    }
+}
+
+impl MicroBatcher {
+    /// The error, naming the table's file when the caller gave names.
+    fn describe(&self, e: &microbatch::LoadError) -> String {
+        match e {
+            microbatch::LoadError::Row { shard, .. } => match self.names.get(*shard) {
+                Some(name) => format!("{name}: {e}"),
+                None => e.to_string(),
+            },
+            _ => e.to_string(),
+        }
     }
 }
 

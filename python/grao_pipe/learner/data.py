@@ -97,7 +97,8 @@ class GroupStore:
         self.index = np.concatenate(spans).astype(np.int64) if spans else np.zeros((0, 3), dtype=np.int64)
         self._seen = np.zeros(len(self.index), dtype=bool)
         self._lock = threading.Lock()  # stats are counted from the loader thread and the main one
-        self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong)
+        files = [str(cache_dir / f"{i:05d}-{sha[:16]}.arrow") for i, (_, sha) in enumerate(shards)]
+        self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong, names=files)
 
     @staticmethod
     def _open(ipc: Path, path: Path, sha: str) -> pa.RecordBatch:
