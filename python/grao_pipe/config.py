@@ -223,7 +223,9 @@ class TrainConfig(_Section):
     # Gradient accumulation by token budget: each rank splits its groups of a step into
     # micro-batches of at most this many tokens (whole groups; 0: one micro-batch).
     micro_batch_tokens: int = Field(0, ge=0)
-    # Pack each rank's sequences into rows of this many tokens (0: right-padded batches).
+    # Pack each micro-batch's sequences into rows of at most max(this, longest sequence)
+    # tokens, as narrow as the packing allows: never more padding than right-padded rows
+    # (0: right-padded batches).
     pack_tokens: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")
     lr: float = Field(1e-6, gt=0)

@@ -12,7 +12,7 @@ def test_group_store_matches_the_shards(tiny_config, tmp_path):
     cfg = load_config(tiny_config(score={"advantage": {"degenerate": "drop"}}))
     run_stage("generate", cfg)
     out = run_stage("score", cfg)
-    shards = [(out.target.dir.path / s["name"], s["sha256"]) for s in out.manifest.shards]
+    shards = [(out.target.dir.path / s.name, s.sha256) for s in out.manifest.shards]
     store = GroupStore(shards, tmp_path)
     kept = [pq.read_table(p).filter(pc.field("keep")).to_pylist() for p, _ in shards]
     rows = [r for t in kept for r in t]
@@ -32,7 +32,7 @@ def test_overlong_sequences_are_truncated_and_counted_once(tiny_config, tmp_path
     cfg = load_config(tiny_config())
     run_stage("generate", cfg)
     out = run_stage("score", cfg)
-    shards = [(out.target.dir.path / s["name"], s["sha256"]) for s in out.manifest.shards]
+    shards = [(out.target.dir.path / s.name, s.sha256) for s in out.manifest.shards]
     store = GroupStore(shards, tmp_path, max_seq_len=5, overlong="truncate")
     for _ in range(2):  # a second epoch does not count again
         for k in range(len(store)):

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner import attention, checkpoint
-from grao_pipe.learner.data import Group, GroupStore, collate, micro_batches, pack
+from grao_pipe.learner.data import GroupStore, StepLoader
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import CausalLMLogps
 from grao_pipe.learner.metric_logging import make_loggers
@@ -104,13 +104,14 @@ def main(spec_path: str) -> None:
 
     peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
     fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
+    loader = StepLoader(groups, seed=cfg.seed, step_size=step_size, rank=rank, world=world, pad_id=pad_id,
+                        micro_batch_tokens=cfg.micro_batch_tokens, pack_tokens=cfg.pack_tokens, start=start,
+                        stop=total_steps)
     for step in range(start, total_steps):
-        epoch, s = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        epoch = step // steps_per_epoch
         t0 = time.perf_counter()
-        idx = order[s * step_size : (s + 1) * step_size].tolist()
-        mine: list[Group] = [groups.group(i) for i in idx[rank::world]]
-        micro = micro_batches(mine, cfg.micro_batch_tokens)
+        data = next(loader)  # built ahead in the loader's thread
+        micro = data.micro
         # Every rank must run the same number of forwards (FSDP all-gathers in each one).
         n_micro = torch.tensor([len(micro)], device=device)
         dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
@@ -120,8 +121,7 @@ def main(spec_path: str) -> None:
         real_tokens = padded_tokens = 0
         for i in range(int(n_micro)):
             dummy = i >= len(micro)  # this rank ran out: a zero-weight forward keeps ranks in step
-            batch = collate(micro[0][:1] if dummy else micro[i], pad_id)
-            packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
+            batch, packed = loader.filler(data) if dummy else micro[i]
             loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
             model.set_requires_gradient_sync(i == int(n_micro) - 1)  # type: ignore[operator]
             # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
@@ -157,6 +157,7 @@ def main(spec_path: str) -> None:
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                 "lr": sched.get_last_lr()[0], "groups": step_size, "real_tokens": int(real),
                 "padding_fraction": 1 - real / max(padded, 1), "tokens_per_s": real / dt,
+                "data_wait_fraction": data.wait_s / dt,  # rank 0's time waiting for its batches
                 # 6·N·tokens training FLOPs (attention excluded) over the peak of all devices.
                 "mfu": 6 * n_params * real / dt / (peak * world) if peak else None,
             }
