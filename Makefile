@@ -12,7 +12,7 @@ DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test test-airflow test-lowest lint fmt bench replicate lock clean
+.PHONY: setup demo test test-airflow test-lowest chaos lint fmt bench replicate lock clean
 
 setup: $(NATIVE)
 
@@ -36,6 +36,10 @@ test: setup
 	$(BIN)/python -m pytest -q tests --ignore=tests/airflow
 	$(MAKE) --no-print-directory test-airflow
 	$(MAKE) --no-print-directory test-lowest
+
+# The chaos test as a soak: 50 random SIGKILLs of a 2-round run (make test runs it with 10).
+chaos: setup
+	GRAO_PIPE_CHAOS_KILLS=50 $(BIN)/python -m pytest -q tests/e2e/test_chaos.py
 
 # The lower bounds of pyproject.toml, tested: the core and the [openai] extra at their lowest
 # allowed versions (uv --resolution lowest-direct) in their own venv, with the torch-free tests.

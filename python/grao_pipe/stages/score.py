@@ -17,7 +17,7 @@ from grao_pipe.config import GROUP_OBJECTIVES, PipelineConfig, ScorerConfig, key
 from grao_pipe.errors import DataError
 from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats
 from grao_pipe.schemas import META_ERRORS, META_UNPARSEABLE
-from grao_pipe.scoring.base import Scorer
+from grao_pipe.scoring.base import ScoreInput, Scorer
 from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
 from grao_pipe.storage import StageDir, read_shard, shard_is_committed
 
@@ -48,9 +48,8 @@ class _Rewards:
                         int(meta.get(META_UNPARSEABLE, b"0")))
         if self._scorer is None:
             self._scorer = scoring.build(self.cfg, self.files)
-        result = self._scorer.score(table["prompt"].to_pylist(), table["response"].to_pylist(),
-                                    table["reference"].to_pylist())
-        reward = pa.array(result.values, pa.float64())
+        result = self._scorer.score(ScoreInput.of(table))
+        reward = result.values
         # A re-derivable cache: no fsync (a torn file fails its page checksums and is recomputed).
         self.dir.write_shard(name, pa.table({"group_id": table["group_id"], "sample_idx": table["sample_idx"],
                                              "reward": reward}), "rewards",
@@ -77,7 +76,10 @@ def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, rewards: list[
         counts["scorer_errors"] += errors
         counts["unparseable"] += unparseable
     reward = _combine([(c.weight, v) for c, v in per_scorer])
-    adv = advantages.compute(table["group_id"], reward, cfg.score.advantage)
+    try:
+        adv = advantages.compute(table["group_id"], reward, cfg.score.advantage)
+    except ValueError as e:  # a shard not written by generate (groups split, ids missing)
+        raise DataError(f"generate shard {name}: {e}; re-run generate with --force") from None
     keep = adv.reward_valid
     if cfg.score.advantage.degenerate == "drop":
         keep = pc.and_(keep, pc.invert(adv.degenerate))
