@@ -39,11 +39,12 @@ src, dst, scorer = sys.argv[1], sys.argv[2], sys.argv[3]
 PROMPT, ANSWER, EPS = r"^\s*([0-9]+)\s*\+\s*([0-9]+)\s*=\s*$", r"^\s*([0-9]+)", 1e-6
 df = pl.scan_parquet(f"{src}/*.parquet")
 if scorer == "builtin":
-    total = (pl.col("prompt").str.extract(PROMPT, 1).cast(pl.Int64, strict=False)
-             + pl.col("prompt").str.extract(PROMPT, 2).cast(pl.Int64, strict=False))
+    ops = pl.col("prompt").str.extract_groups(PROMPT)
+    df = df.with_columns(_sum=ops.struct.field("1").cast(pl.Int64, strict=False)
+                         + ops.struct.field("2").cast(pl.Int64, strict=False))
     def correct(c):
-        return (pl.col(c).str.extract(ANSWER, 1).cast(pl.Int64, strict=False) == total).fill_null(False).cast(pl.Float64)
-    reward = pl.when(pl.col("prompt").str.contains(PROMPT)).then(correct("response") - correct("reference"))
+        return (pl.col(c).str.extract(ANSWER, 1).cast(pl.Int64, strict=False) == pl.col("_sum")).fill_null(False).cast(pl.Float64)
+    reward = pl.when(pl.col("_sum").is_not_null()).then(correct("response") - correct("reference"))
 else:
     from grao_pipe.tasks.arith import score_one
     reward = pl.struct("prompt", "response", "reference").map_elements(
@@ -60,7 +61,7 @@ df = df.with_columns(
     advantage=pl.when(deg | r.is_null()).then(0.0).otherwise((r - pl.col("_mu")) / (pl.col("_sigma") + EPS)),
     reference_advantage=pl.when(deg).then(0.0).otherwise(-pl.col("_mu") / (pl.col("_sigma") + EPS)),
     degenerate=deg,
-).drop("_n", "_s", "_mu", "_sq", "_sigma")
+).drop("_n", "_s", "_mu", "_sq", "_sigma", "_sum", strict=False)
 df.sink_parquet(dst, compression="zstd")
 '''
 
