@@ -69,11 +69,13 @@ fmt: setup
 	$(BIN)/ruff format python tests benchmarks pipelines experiments
 	cargo fmt
 
+# Each prints its ratio against a baseline measured in the same run as its last line.
 bench: setup
 	$(BIN)/python benchmarks/bench_advantages.py
+	$(BIN)/python benchmarks/bench_score_stage.py
+	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_generate.py
-	$(BIN)/python benchmarks/bench_loader.py
 
 # The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
 replicate: setup
