@@ -12,30 +12,17 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from tiny import TINY, merge
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-TINY = {
-    "name": "tiny",
-    "data": {"prompts": "builtin:arith", "limit": 12},
-    "generate": {"num_samples": 4, "max_new_tokens": 3, "batch_size": 6, "prompts_per_shard": 6},
-    "train": {"lr": 1e-3, "groups_per_step": 4, "epochs": 1, "nproc": 2},
-}
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
 
 @pytest.fixture
 def tiny_config(tmp_path: Path):
     """Write a tiny config YAML under tmp_path; returns a factory taking section overrides."""
 
     def make(**sections: dict) -> Path:
-        tree = _merge({**TINY, "workdir": str(tmp_path / "work")}, sections)
+        tree = merge({**TINY, "workdir": str(tmp_path / "work")}, sections)
         path = tmp_path / "tiny.yaml"
         path.write_text(yaml.safe_dump(tree))
         return path

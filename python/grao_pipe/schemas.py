@@ -6,6 +6,8 @@ This module is the only place that knows what a stage writes; stages talk throug
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -29,6 +31,12 @@ SHARD_SUFFIX = ".parquet"
 # without rewriting them (their checksums, and so every cache key built on them, stay valid).
 Migration = Callable[[pa.Table, str], pa.Table]
 TMP_PREFIX = ".tmp-"
+
+
+def tmp_name(name: str) -> str:
+    """A writer's temporary for ``name``: ``.tmp-<name>.<thread>.<pid>``, unique per thread (two
+    nodes of a test, or two scorer threads, share a pid) with the pid last, for liveness checks."""
+    return f"{TMP_PREFIX}{name}.{threading.get_native_id()}.{os.getpid()}"
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 

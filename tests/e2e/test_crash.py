@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cli_runner import BIN, cli
 from safetensors.torch import load_file
+from tiny import TINY, merge
 
 SECTIONS = {"train": {"epochs": 2, "checkpoint_every": 2}}  # 12 groups, 4 a step: 6 steps
 
@@ -40,9 +41,7 @@ def scored(tmp_path_factory):
     cfg = root / "c.yaml"
     import yaml
 
-    from conftest import TINY, _merge
-
-    cfg.write_text(yaml.safe_dump(_merge({**TINY, "workdir": str(root / "work")}, SECTIONS)))
+    cfg.write_text(yaml.safe_dump(merge({**TINY, "workdir": str(root / "work")}, SECTIONS)))
     for verb in ("generate", "score"):
         assert cli(verb, "-c", str(cfg)).returncode == 0
     straight = root / "straight"
@@ -61,15 +60,17 @@ PHASES = [
 ]
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_a_kill_at_any_phase_then_a_plain_rerun_finishes_the_same(scored, tmp_path, phase):
+def test_a_kill_at_every_phase_then_a_plain_rerun_finishes_the_same(scored, tmp_path):
+    """One train stage killed at each phase boundary in turn (each run resumes what the last
+    one left), then a plain run: it exits 0 with the uninterrupted run's losses and weights."""
     cfg, work, losses, weights = scored
     shutil.copytree(work, tmp_path / "work")
     workdir = f"workdir={tmp_path / 'work'}"
-    proc = _start(["train", "-c", str(cfg), workdir], GRAO_PIPE_KILL_AT=phase)
-    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
-    (train_dir,) = (tmp_path / "work" / "train").glob("*/")
-    assert not (train_dir / "_manifest.json").exists()
+    for phase in PHASES:
+        proc = _start(["train", "-c", str(cfg), workdir], GRAO_PIPE_KILL_AT=phase)
+        assert proc.wait(timeout=300) == -signal.SIGKILL, f"{phase}: {proc.stderr.read() if proc.stderr else ''}"
+        (train_dir,) = (tmp_path / "work" / "train").glob("*/")
+        assert not (train_dir / "_manifest.json").exists(), phase
 
     again = cli("train", "-c", str(cfg), workdir)
     assert again.returncode == 0, again.stderr
@@ -77,6 +78,22 @@ def test_a_kill_at_any_phase_then_a_plain_rerun_finishes_the_same(scored, tmp_pa
     got = _weights(train_dir)
     assert got.keys() == weights.keys() and all((got[k] == weights[k]).all() for k in got)
     assert not (train_dir / "checkpoints").exists()  # resume state is dropped once the stage is done
+
+
+@pytest.mark.parametrize("phase", ["train.checkpoint:6"])
+def test_the_next_plain_run_after_a_late_kill_finishes(scored, tmp_path, phase):
+    """The window that wedged the stage for good, followed directly by a plain run."""
+    cfg, work, losses, weights = scored
+    shutil.copytree(work, tmp_path / "work")
+    workdir = f"workdir={tmp_path / 'work'}"
+    proc = _start(["train", "-c", str(cfg), workdir], GRAO_PIPE_KILL_AT=phase)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    again = cli("train", "-c", str(cfg), workdir)
+    assert again.returncode == 0, again.stderr
+    (train_dir,) = (tmp_path / "work" / "train").glob("*/")
+    assert _losses(train_dir) == pytest.approx(losses, abs=1e-6)
+    got = _weights(train_dir)
+    assert all((got[k] == weights[k]).all() for k in got)
 
 
 def _learners(marker: str) -> list[int]:

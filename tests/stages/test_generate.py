@@ -67,7 +67,7 @@ def test_openai_backend_against_a_real_server(tiny_config, openai_server):
 def test_server_down_keeps_finished_shards(tiny_config, openai_server, tmp_path):
     base_url, model = openai_server
     over = ["generate.backend=openai", f"model.path={model}", f"generate.served_model={model}",
-            "generate.max_retries=1", "generate.num_samples=1"]
+            "generate.max_retries=1", "generate.num_samples=1", "train.objective=sft"]
     cfg = load_config(tiny_config(generate={"prompts_per_shard": 6}), [*over, f"generate.base_url={base_url}"])
     done = run_stage("generate", cfg)
     # Now the same work against a dead server, after deleting one shard and the manifest.

@@ -1,6 +1,7 @@
 """Learner: exact resume after SIGKILL, baselines from the same shards, column checks."""
 
 import json
+import subprocess
 
 import pytest
 from stage_runner import run_stage, stage_dir
@@ -67,7 +68,7 @@ def _free_port():
 def test_two_nodes_train_one_model(tiny_config, tmp_path):
     """Two `grao-pipe train` runs, node_rank 0 and 1, one torchrun process each (static
     rendezvous on localhost), shared workdir: one learner of world size 2, one export."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     port = _free_port()
     nodes = [load_config(tiny_config(), ["train.nproc=1", "train.nnodes=2", f"train.node_rank={r}",
@@ -75,8 +76,15 @@ def test_two_nodes_train_one_model(tiny_config, tmp_path):
     _prepare(nodes[0])
     # Launch-only keys stay out of the cache key: both nodes write one output directory.
     assert stage_dir("train", nodes[0]) == stage_dir("train", nodes[1])
-    with ThreadPoolExecutor(2) as pool:
-        lead, other = pool.map(lambda c: run_stage("train", c), nodes)
+    pool = ThreadPoolExecutor(2)
+    futures = [pool.submit(run_stage, "train", c) for c in nodes]
+    done, _ = wait(futures, timeout=600, return_when=FIRST_EXCEPTION)
+    if len(done) < 2 or any(f.exception() for f in done):
+        # One node failed: its peer would wait for the rendezvous forever.
+        subprocess.run(["pkill", "-f", f"rdzv-endpoint=127.0.0.1:{port}"], check=False)
+        pool.shutdown(wait=True)
+        raise AssertionError(f"a node failed: {[f.exception() for f in done]}")
+    lead, other = (f.result() for f in futures)
     assert lead.manifest is not None and other.manifest is None  # node 0 writes the manifest
     out = lead.target.dir.path
     assert (out / "model" / "config.json").is_file() and (out / "train.node1.log").is_file()

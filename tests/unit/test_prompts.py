@@ -32,8 +32,9 @@ def test_missing_reference_is_named(tmp_path):
 
 def test_bad_rows_are_quarantined_under_the_share(tmp_path):
     p = tmp_path / "p.jsonl"
-    good = '{"prompt": "1+1=", "reference": "2"}\n'
-    p.write_bytes((good * 9 + '{"prompt": "2+2=", \n' + good * 9).encode() + b'{"prompt": "\xff"}\n' + good.encode())
+    good = [f'{{"prompt": "{i}+1=", "reference": "{i + 1}"}}\n' for i in range(19)]
+    p.write_bytes(("".join(good[:9]) + '{"prompt": "2+2=", \n' + "".join(good[9:18])).encode()
+                  + b'{"prompt": "\xff"}\n' + good[18].encode())
     ps = load_prompt_set(p, DataConfig(prompts=str(p)))
     assert len(ps.prompts) == 19
     assert ps.quarantined == [{"row": 10, "reason": "not valid JSON (Expecting property name enclosed in double quotes)"},

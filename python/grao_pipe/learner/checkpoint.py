@@ -33,6 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from grao_pipe.schemas import tmp_name
+
 PREFIX = "step-"
 SEAL = ".grao-seal"
 
@@ -42,7 +44,7 @@ def _key() -> bytes:
     path = root / "checkpoint.key"
     if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        tmp = path.with_name(tmp_name(path.name))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))

@@ -14,7 +14,6 @@ reference the kernel is tested against, and a way to batch groups built in memor
 from __future__ import annotations
 
 import atexit
-import os
 import queue
 import threading
 import time
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 import torch
 
 from grao_pipe.errors import DataError
+from grao_pipe.schemas import tmp_name
 from grao_pipe.storage.shards import read_shard
 
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
@@ -171,7 +171,7 @@ def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
 def _convert(ipc: Path, path: Path, sha: str) -> pa.Table:
     """A score shard's kept rows (checksum checked) as one uncompressed Arrow IPC record batch."""
     table = read_shard(path, "score", sha).select(COLUMNS).filter(pc.field("keep")).combine_chunks()
-    tmp = ipc.with_name(f".tmp-{ipc.name}.{os.getpid()}")
+    tmp = ipc.with_name(tmp_name(ipc.name))
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     tmp.replace(ipc)

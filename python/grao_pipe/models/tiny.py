@@ -3,13 +3,13 @@ tokenizer. Built from config and a corpus, cached by content, never downloaded."
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from grao_pipe.config import TinyModelConfig
 from grao_pipe.hashing import digest
+from grao_pipe.schemas import tmp_name
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
@@ -74,7 +74,7 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) 
     )
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(config)
-    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+    tmp = out.with_name(tmp_name(out.name))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     try:

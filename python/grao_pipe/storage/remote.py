@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from grao_pipe.errors import FULL_ERRNOS, InputError, RemoteUnavailable, storage_full
-from grao_pipe.schemas import TMP_PREFIX
+from grao_pipe.schemas import TMP_PREFIX, tmp_name
 
 # Resume state and scratch copies: useful only on the machine that made them.
 LOCAL_ONLY = ("checkpoints", "cache")
@@ -122,7 +122,7 @@ class Mirror:
         it to its final key: the copy is atomic, a multipart upload cut short is not (pyarrow
         completes a stream it closes, even after an error)."""
         key = self.key(path)
-        tmp = f"{key.rsplit('/', 1)[0]}/{TMP_PREFIX}{path.name}.{os.getpid()}"
+        tmp = f"{key.rsplit('/', 1)[0]}/{tmp_name(path.name)}"
         with (io.BytesIO(data) if data is not None else open(path, "rb")) as src:
             size = _copy(src, self.fs.open_output_stream(tmp))
         if self.fs.get_file_info(tmp).size != size:
@@ -244,7 +244,7 @@ def _walk(directory: Path) -> dict[str, int]:
 
 def _get(fs: pafs.FileSystem, key: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}.{os.getpid()}")
+    tmp = dest.with_name(tmp_name(dest.name))
     with fs.open_input_stream(key) as src, open(tmp, "wb") as out:
         shutil.copyfileobj(src, out, _CHUNK)
     os.replace(tmp, dest)

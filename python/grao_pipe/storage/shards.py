@@ -28,6 +28,7 @@ from grao_pipe.schemas import (
     SCHEMA_VERSION,
     SCHEMAS,
     TMP_PREFIX,
+    tmp_name,
 )
 
 
@@ -58,7 +59,7 @@ def _committing(path: Path) -> Iterator[Path]:
     """Yield a temporary name beside ``path``; rename it into place only if the body (which
     writes and fsyncs it) succeeds. On failure the temporary is removed, so nothing partial is
     ever visible, and a full disk becomes a StorageFull error that names the file."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp = path.with_name(tmp_name(path.name))
     try:
         yield tmp
     except BaseException as e:
