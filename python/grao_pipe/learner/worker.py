@@ -27,6 +27,7 @@ from grao_pipe.learner import attention, checkpoint
 from grao_pipe.learner.data import Batch, Group, GroupStore, Packed, collate, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import CausalLMLogps, as_logps_model
+from grao_pipe.learner.train_mode import prepare_for_training
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -110,6 +111,17 @@ def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: to
     return loss_B, terms, diag
 
 
+def load_policy(model_dir: str, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The causal LM to train, fp32 on ``device``, in training mode (transformers checkpoints
+    activations only in training mode) with dropout off (grao_pipe.learner.train_mode)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                              attn_implementation=cfg.attn_implementation)
+    lm.to(device)  # type: ignore[arg-type]
+    return prepare_for_training(lm, cfg.activation_checkpointing)
+
+
 def tensorboard_writer(log_dir: Path, start_step: int) -> Any:
     """A SummaryWriter (imported lazily: tensorboard is optional) that drops events from
     ``start_step`` on, so a resumed run does not show the crashed run's later steps twice."""
@@ -146,11 +158,7 @@ def main(spec_path: str) -> None:
     if cfg.attn_implementation == attention.FLEX and not use_cuda:
         raise SystemExit("train: attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
                          "backward on CPU); use train.attn_implementation=sdpa")
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                              attn_implementation=cfg.attn_implementation)
-    lm.to(device)  # type: ignore[arg-type]
-    if cfg.activation_checkpointing:
-        lm.gradient_checkpointing_enable()
+    lm = load_policy(model_dir, cfg, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n_params = _n_params(lm)
     # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the LM
