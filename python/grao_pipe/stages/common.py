@@ -70,8 +70,12 @@ def model_digest(model_dir: str) -> str:
 
 
 def base_model_dir(cfg: PipelineConfig) -> Path:
-    if cfg.model.path is not None:
-        return local_input(cfg.model.path)
+    if cfg.model.path is not None:  # a directory, a .gguf file or a pkg: spec (GGUF imported once)
+        from grao_pipe.models.resolve import PACKAGE_PREFIX, resolve_model_dir
+
+        spec = cfg.model.path
+        local = spec if spec.startswith(PACKAGE_PREFIX) else local_input(spec)
+        return resolve_model_dir(local, local_workdir(cfg.workdir) / "models", cfg.model.gguf_dtype)
     from grao_pipe.models.tiny import build_tiny_model
 
     prompts = load_prompts(cfg.data)
