@@ -54,6 +54,20 @@ class DataConfig(_Section):
     reference_field: str = "reference"
     rejected_field: str = "rejected"
     limit: int | None = Field(None, gt=0)
+    # System turn of chat prompts (messages / HH rows) that carry none of their own (a row's own
+    # system turn always wins): ``keep`` lets the chat template add its default, if it has one;
+    # ``replace`` uses ``system_prompt_text``; ``none`` sends an empty system turn, so no default
+    # is added. Plain-text prompts have no template and are never changed.
+    system_prompt: Literal["keep", "replace", "none"] = "keep"
+    system_prompt_text: str | None = None
+
+    @model_validator(mode="after")
+    def _system_prompt(self) -> DataConfig:
+        if self.system_prompt == "replace" and not self.system_prompt_text:
+            raise ValueError("data.system_prompt=replace needs data.system_prompt_text")
+        if self.system_prompt != "replace" and self.system_prompt_text is not None:
+            raise ValueError("data.system_prompt_text is only used with data.system_prompt=replace")
+        return self
 
 
 class GenerateConfig(_Section):

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,18 @@ def resolve_prompt_path(spec: str) -> Path:
     return path
 
 
+# Keys added after the first release: left out of the fingerprint at their defaults, so the
+# cache keys of configs that do not use them are what they were.
+_FINGERPRINT_IF_SET = {"system_prompt": "keep", "system_prompt_text": None}
+
+
 def prompt_set_fingerprint(cfg: DataConfig) -> dict[str, object]:
     path = resolve_prompt_path(cfg.prompts)
-    return {"sha256": content_sha256(path), **cfg.model_dump(exclude={"prompts"})}
+    fields = cfg.model_dump(exclude={"prompts"})
+    for key, default in _FINGERPRINT_IF_SET.items():
+        if fields[key] == default:
+            del fields[key]
+    return {"sha256": content_sha256(path), **fields}
 
 
 def _rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -103,13 +112,27 @@ def _generic(row: dict[str, Any], cfg: DataConfig, where: str, index: int) -> Pr
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+# An optional leading system turn: "System: ..." before the first Human/Assistant turn.
+_HH_SYSTEM = re.compile(r"\A(?:\n\n)?System:[ ]?(.*?)(?=\n\n(?:Human|Assistant):)", re.DOTALL)
 
 
 def parse_hh_transcript(text: str) -> list[tuple[str, str]]:
-    """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> [("user", ...), ("assistant", ...)]."""
-    parts = _HH_TURN.split(text)
+    """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> [("user", ...), ("assistant", ...)], with a
+    leading ``System: ...`` turn (before the first Human turn) as ("system", ...)."""
+    system = _HH_SYSTEM.match(text)
+    parts = _HH_TURN.split(text[system.end() :] if system else text)
     # parts = [preamble, role, content, role, content, ...]
-    return [("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    turns = [("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    return [("system", system.group(1).strip()), *turns] if system else turns
+
+
+def apply_system_prompt(messages: tuple[tuple[str, str], ...], cfg: DataConfig) -> tuple[tuple[str, str], ...]:
+    """A chat prompt's messages under ``data.system_prompt``; a row's own system turn wins."""
+    if cfg.system_prompt == "keep" or (messages and messages[0][0] == "system"):
+        return messages
+    # none: an empty system turn, which stops templates from adding their default one.
+    text = (cfg.system_prompt_text or "") if cfg.system_prompt == "replace" else ""
+    return (("system", text), *messages)
 
 
 def _hh(row: dict[str, Any], index: int) -> Prompt | str:
@@ -120,7 +143,7 @@ def _hh(row: dict[str, Any], index: int) -> Prompt | str:
     c, r = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
     if not c or c[-1][0] != "assistant" or not r or r[-1][0] != "assistant":
         return "no final assistant turn"
-    if any(not content for _, content in c[:-1]) or not c[-1][1]:
+    if any(not content for role, content in c[:-1] if role != "system") or not c[-1][1]:
         return "empty turn"
     if c[:-1] != r[:-1]:
         return "chosen and rejected dialogues differ before the last turn"
@@ -143,9 +166,11 @@ def load_prompt_set(cfg: DataConfig) -> PromptSet:
             if isinstance(parsed, str):
                 quarantined.append({"row": rowno, "reason": parsed})
                 continue
-            prompts.append(parsed)
         else:
-            prompts.append(_generic(row, cfg, where, len(prompts)))
+            parsed = _generic(row, cfg, where, len(prompts))
+        if parsed.messages is not None:
+            parsed = replace(parsed, messages=apply_system_prompt(parsed.messages, cfg))
+        prompts.append(parsed)
         if cfg.limit is not None and len(prompts) >= cfg.limit:
             break
     if not prompts:
