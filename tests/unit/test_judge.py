@@ -78,3 +78,39 @@ def test_scorer_key_follows_the_template_content_not_its_path(tmp_path):
     template.write_text("{context} {text1} {text2} {criterion} v2, edited in place")
     assert scorer_key(cfg) != before  # cached rewards of the old template are not reused
     assert scorer_key(JudgeScorer(model="m")) != before
+
+
+# What the policy's chat template (SmolLM2's, ChatML with a default system turn) made of a dialogue.
+POLICY_RENDERED = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n"
+                   "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+                   "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n")
+STORED = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+          {"role": "user", "content": "And 3+3?"}]
+
+
+def test_dialogue_text_is_plain_turns():
+    from grao_pipe.scoring.judge import dialogue_text
+
+    expected = "User: What is 2+2?\n\nAssistant: 4\n\nUser: And 3+3?"
+    assert dialogue_text(POLICY_RENDERED, STORED) == expected
+    assert dialogue_text(None, [(m["role"], m["content"]) for m in STORED]) == expected  # loaded form
+    with_system = [("system", "Answer briefly."), ("user", "Hi")]
+    assert dialogue_text("ignored", with_system) == "System: Answer briefly.\n\nUser: Hi"
+    assert dialogue_text("ignored", [("system", ""), ("user", "Hi")]) == "User: Hi"  # data.system_prompt=none
+    assert dialogue_text("3+4=", None) == "3+4="  # a plain-text prompt is itself
+
+
+class _Recording(_Scripted):
+    def _ask(self, prompts):
+        self.asked = prompts
+        return ["1 > 2"] * len(prompts)
+
+
+def test_judge_context_holds_no_control_tokens():
+    j = _Recording([])
+    res = j.score([POLICY_RENDERED, "3+4="], ["6", "7"], ["six", "7"], messages=[STORED, None])
+    assert res.values == [0.0, 0.0]  # both orders say "1 > 2": position bias cancels
+    for asked in j.asked:
+        assert "<|im_start|>" not in asked and "<|im_end|>" not in asked
+    assert "[Context]\nUser: What is 2+2?\n\nAssistant: 4\n\nUser: And 3+3?\n" in j.asked[0]
+    assert "[Context]\n3+4=\n" in j.asked[1]

@@ -38,5 +38,37 @@ def test_reward_is_relative_to_reference(rm_dir):
     rm = RewardModel(RewardModelScorer(path=str(rm_dir), squash="none"))
     res = rm.score(["1+2=", "1+2="], ["3", "4"], ["3", "3"])
     assert res.values[0] == pytest.approx(0.0, abs=1e-6)  # R(y, y) = 0
-    r = rm.rewards(["1+2=4", "1+2=3"])
+    # The tiny tokenizer has a chat template: a plain-text prompt is one user turn in it.
+    texts = [rm.conversation_text("1+2=", None, o) for o in ("4", "3")]
+    assert texts[0] == ("user: 1+2=\nassistant: 4\n", False)
+    r = rm.rewards([t for t, _ in texts], False)
     assert res.values[1] == pytest.approx(r[0] - r[1], abs=1e-5)
+
+
+POLICY_RENDERED = "<|im_start|>system\nYou are SmolLM<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_chat_prompts_are_scored_in_the_reward_models_own_template(rm_dir):
+    """Not prompt + response as one raw string of the policy's rendering."""
+    rm = RewardModel(RewardModelScorer(path=str(rm_dir)))
+    stored = [{"role": "user", "content": "hello"}]
+    text, special = rm.conversation_text(POLICY_RENDERED, stored, "world")
+    assert (text, special) == ("user: hello\nassistant: world\n", False)
+    res = rm.score([POLICY_RENDERED, "garbage the rm must not read"], ["world", "1+2"], ["hello world", "hello world"],
+                   messages=[stored, [("user", "hello")]])
+    r = rm.rewards(["user: hello\nassistant: world\n", "user: hello\nassistant: 1+2\n",
+                    "user: hello\nassistant: hello world\n"], False)
+    assert res.values == pytest.approx([r[0] - r[2], r[1] - r[2]], abs=1e-5)
+
+
+def test_a_reward_model_without_template_reads_plain_turns(rm_dir, tmp_path):
+    import shutil
+
+    plain = tmp_path / "rm-plain"
+    shutil.copytree(rm_dir, plain)
+    for f in plain.glob("chat_template.*"):
+        f.unlink()
+    rm = RewardModel(RewardModelScorer(path=str(plain)))
+    assert not rm.tok.chat_template
+    assert rm.conversation_text(POLICY_RENDERED, [("user", "hello")], "world") == ("User: hello\n\nAssistant: world", True)
+    assert rm.conversation_text("1+2=", None, "3") == ("1+2=3", True)  # plain text: as before

@@ -13,6 +13,11 @@ from grao_pipe.store import digest
 __all__ = ["ScoreResult", "Scorer", "build", "scorer_files", "scorer_key"]
 
 
+# Bumped when a scorer kind reads its inputs differently. 2: judges and reward models read the
+# prompt's dialogue (plain turns / their own chat template), not the policy's rendering.
+INPUT_VERSIONS = {"judge": 2, "reward_model": 2}
+
+
 def scorer_files(cfg: ScorerConfig) -> dict[str, str]:
     """Content digests of the files a scorer reads (model weights, judge template): one replaced
     in place under the same path or URL changes the rewards, so it must change the keys too."""
@@ -34,6 +39,8 @@ def scorer_key(cfg: ScorerConfig) -> str:
     """Cache key of a scorer's raw rewards: its config without the weight (and without knobs
     that cannot change the values, like concurrency), and the contents of the files it reads."""
     dumped = cfg.model_dump(exclude={"weight", "concurrency", "timeout_s", "max_retries", "batch_size"})
+    if cfg.kind in INPUT_VERSIONS:  # what the scorer reads changed: rewards cached before are stale
+        dumped["input_version"] = INPUT_VERSIONS[cfg.kind]
     files = scorer_files(cfg)
     return digest({**dumped, "files": files} if files else dumped)
 

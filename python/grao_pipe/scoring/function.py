@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from grao_pipe.config import FunctionScorer
 from grao_pipe.errors import ConfigError
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.scoring.base import Messages, ScoreResult
 
 RewardFn = Callable[[str, str, str], float]
 
@@ -33,7 +33,8 @@ class FunctionScorerImpl:
         self.name = cfg.name
         self.fn = load_function(cfg.function, f"score.scorers[{cfg.name}].function")
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
+    def score(self, prompts: list[str], responses: list[str], references: list[str],
+              messages: Sequence[Messages] | None = None) -> ScoreResult:
         """A scorer exception or a non-finite value is an invalid (None) reward, counted, never
         silently scored 0."""
         out: list[float | None] = []

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
 from grao_pipe.remote import local_input
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.scoring.base import Messages, ScoreResult
 
 CRITERIA = {
     "helpful": "Which text is the more helpful reply to the context: accurate, relevant, complete and clear?",
@@ -40,6 +41,33 @@ def parse_verdict(answer: str) -> int | None:
         v = {">": 1, "=": 0, "<": -1}[op]
         verdicts.add(v if a == "1" else -v)
     return verdicts.pop() if len(verdicts) == 1 else None
+
+
+_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def as_turns(messages: Messages) -> list[tuple[str, str]]:
+    """(role, content) pairs from stored ({"role", "content"} dicts) or loaded (pairs) messages."""
+    if messages is None:
+        return []
+    return [(m["role"], m["content"]) if isinstance(m, Mapping) else (m[0], m[1]) for m in messages]
+
+
+def dialogue_text(prompt: str | None, messages: Messages = None) -> str:
+    """A prompt as plain turns for a judge's [Context] or a template-less reward model:
+
+        System: ...        (only when the dialogue has a non-empty system turn)
+
+        User: ...
+
+        Assistant: ...
+
+    Chat prompts come from their messages, never from a rendering with some model's chat
+    template (its control tokens would be read as text); a plain-text prompt is itself."""
+    turns = [(r, c) for r, c in as_turns(messages) if not (r == "system" and not c.strip())]
+    if not turns:
+        return (prompt or "").strip()
+    return "\n\n".join(f"{_ROLE_NAMES.get(r, r.capitalize())}: {c.strip()}" for r, c in turns)
 
 
 def load_template(path: str | None) -> str:
@@ -85,12 +113,15 @@ class Judge:
             return [message_text(r) for r in self._client.chat_many(bodies)]
         return self._local.complete(prompts)
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
+    def score(self, prompts: list[str], responses: list[str], references: list[str],
+              messages: Sequence[Messages] | None = None) -> ScoreResult:
+        dialogues = messages if messages is not None else [None] * len(prompts)
+        contexts = [dialogue_text(p, m) for p, m in zip(prompts, dialogues, strict=True)]
         forward = [parse_verdict(a) for a in self._ask(
-            [self.prompt(q, o, y) for q, o, y in zip(prompts, responses, references, strict=True)])]
+            [self.prompt(q, o, y) for q, o, y in zip(contexts, responses, references, strict=True)])]
         if self.cfg.both_orders:
             swapped = [parse_verdict(a) for a in self._ask(
-                [self.prompt(q, y, o) for q, o, y in zip(prompts, responses, references, strict=True)])]
+                [self.prompt(q, y, o) for q, o, y in zip(contexts, responses, references, strict=True)])]
             values = [None if a is None or b is None else (a - b) / 2 for a, b in zip(forward, swapped, strict=True)]
             unparseable = sum(v is None for v in forward) + sum(v is None for v in swapped)
         else:

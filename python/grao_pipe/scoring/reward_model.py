@@ -1,5 +1,8 @@
 """Scalar reward model: a transformers sequence classifier r(q, text); R(o, y) = r(q, o) - r(q, y).
 
+r reads the prompt's dialogue and the answer in the reward model's own chat template (the
+answer as the assistant turn), never the policy's rendering of the prompt.
+
 Batches are formed by length (sorted), each sequence is right-padded and read at its own last
 token, so a sequence's score does not depend on which batch it landed in.
 """
@@ -7,11 +10,13 @@ token, so a sequence's score does not depend on which batch it landed in.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from grao_pipe.config import RewardModelScorer
 from grao_pipe.errors import InputError
 from grao_pipe.remote import local_input
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.scoring.base import Messages, ScoreResult
+from grao_pipe.scoring.judge import as_turns, dialogue_text
 
 
 class RewardModel:
@@ -31,11 +36,26 @@ class RewardModel:
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
 
-    def rewards(self, texts: list[str]) -> list[float]:
-        """r(text) for each text, batched by length."""
+    def conversation_text(self, prompt: str, messages: Messages, response: str) -> tuple[str, bool]:
+        """The text r reads for ``response`` to a prompt, and whether the tokenizer should add its
+        special tokens: the reward model's own chat template over the dialogue plus the response
+        as the assistant turn when it has one (a plain-text prompt is one user turn); otherwise
+        the dialogue as plain turns followed by the response (never the policy's rendering)."""
+        if self.tok.chat_template:
+            turns = as_turns(messages) or [("user", prompt)]
+            conv = [{"role": r, "content": c} for r, c in turns] + [{"role": "assistant", "content": response}]
+            return str(self.tok.apply_chat_template(conv, tokenize=False)), False
+        if messages:
+            return f"{dialogue_text(prompt, messages)}\n\nAssistant: {response}", True
+        return prompt + response, True
+
+    def rewards(self, texts: list[str], add_special_tokens: bool | list[bool] = True) -> list[float]:
+        """r(text) for each text, batched by length. Texts rendered with a chat template already
+        hold their special tokens: pass False for them."""
         torch = self._torch
-        ids = [self.tok(t, add_special_tokens=True, truncation=True, max_length=self.cfg.max_length)["input_ids"]
-               for t in texts]
+        special = add_special_tokens if isinstance(add_special_tokens, list) else [add_special_tokens] * len(texts)
+        ids = [self.tok(t, add_special_tokens=a, truncation=True, max_length=self.cfg.max_length)["input_ids"]
+               for t, a in zip(texts, special, strict=True)]
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out = [0.0] * len(ids)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
@@ -58,11 +78,16 @@ class RewardModel:
                 out[i] = scores[r]
         return out
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
+    def score(self, prompts: list[str], responses: list[str], references: list[str],
+              messages: Sequence[Messages] | None = None) -> ScoreResult:
+        dialogues = messages if messages is not None else [None] * len(prompts)
+        samples = [self.conversation_text(p, m, o) for p, m, o in zip(prompts, dialogues, responses, strict=True)]
+        refs = [self.conversation_text(p, m, y) for p, m, y in zip(prompts, dialogues, references, strict=True)]
         # r(q, y) is computed once per group, not once per sample.
-        refs = list(dict.fromkeys(p + y for p, y in zip(prompts, references, strict=True)))
-        r = self.rewards([p + o for p, o in zip(prompts, responses, strict=True)] + refs)
+        uniq = list(dict.fromkeys(refs))
+        todo = samples + uniq
+        r = self.rewards([t for t, _ in todo], [a for _, a in todo])
         n = len(prompts)
-        r_ref = dict(zip(refs, r[n:], strict=True))
+        r_ref = dict(zip(uniq, r[n:], strict=True))
         squash = math.tanh if self.cfg.squash == "tanh" else (lambda v: v)
-        return ScoreResult([squash(r[i] - r_ref[p + y]) for i, (p, y) in enumerate(zip(prompts, references, strict=True))])
+        return ScoreResult([squash(r[i] - r_ref[refs[i]]) for i in range(n)])

@@ -75,8 +75,9 @@ def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
         _, pre_texts = _answers(cfg, base, data)
         prompts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
-        r_post = scorer.score(prompts, post_texts, refs)
-        r_pre = scorer.score(prompts, pre_texts, refs)
+        dialogues = [r.prompt.messages for r in requests]  # judges read these, not the policy's template
+        r_post = scorer.score(prompts, post_texts, refs, messages=dialogues)
+        r_pre = scorer.score(prompts, pre_texts, refs, messages=dialogues)
         result = {
             "n_prompts": len(requests),
             "base_model": str(base), "model": str(post), "scorer": scorer_cfg.name,

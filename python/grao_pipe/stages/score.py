@@ -62,7 +62,7 @@ class _Rewards:
         if self._scorer is None:
             self._scorer = scoring.build(self.cfg)
         result = self._scorer.score(table["prompt"].to_pylist(), table["response"].to_pylist(),
-                                    table["reference"].to_pylist())
+                                    table["reference"].to_pylist(), messages=table["prompt_messages"].to_pylist())
         reward = pa.array(result.values, pa.float64())
         self.dir.mkdir(parents=True, exist_ok=True)
         write_shard(path, pa.table({"group_id": table["group_id"], "sample_idx": table["sample_idx"],
