@@ -70,3 +70,24 @@ def test_same_bytes_same_directory_built_once(imported, tmp_path):
     copy.symlink_to(package_file(SPEC))
     assert import_gguf(copy, root) == out
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_system_prompt_keep_replace_none_with_the_smollm2_template(imported, tmp_path):
+    from grao_pipe.config import DataConfig
+    from grao_pipe.generation.tokenizer import PolicyTokenizer
+    from grao_pipe.prompts import load_prompts
+
+    _, out = imported
+    tok = PolicyTokenizer(out)
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}], "reference": "Hello"}) + "\n")
+    default = "You are a helpful AI assistant named SmolLM"
+
+    def rendered(**data):
+        (p,) = load_prompts(DataConfig(prompts=str(path), **data))
+        return tok.render(p)
+
+    assert default in rendered()
+    assert rendered(system_prompt="none") == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    replaced = rendered(system_prompt="replace", system_prompt_text="Answer in one word.")
+    assert default not in replaced and replaced.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>\n")
