@@ -11,10 +11,10 @@ import pytest
 from grao_pipe.config import DataConfig
 from grao_pipe.prompts import load_prompts
 from grao_pipe.tasks import capitals
-from grao_pipe.tasks.capitals import country_of, quality, score
+from grao_pipe.tasks.capitals import country_of, right, score
 
-CHATML = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is the capital of {c}? Answer with just the "
-          "city name.<|im_end|>\n<|im_start|>assistant\n")
+CHATML = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is the capital of {c}?<|im_end|>\n"
+          "<|im_start|>assistant\n")
 
 
 def test_shipped_files_are_what_make_rows_writes():
@@ -34,36 +34,37 @@ def test_eval_countries_are_held_out():
     assert all(p.messages is not None and p.messages[-1][0] == "user" and p.rejected for p in train)
 
 
-def test_references_are_sometimes_imperfect():
+def test_references_are_sometimes_wrong():
     prompts = load_prompts(DataConfig(prompts="builtin:capitals-train"))
-    levels = Counter(quality(country_of(p.messages[-1][1]), p.reference) for p in prompts)
-    assert min(levels[2], levels[1]) >= 30 and levels[0] >= 15  # bare, verbose and wrong references
+    rights = Counter(right(country_of(p.messages[-1][1]), p.reference) for p in prompts)
+    assert rights[True] >= 60 and rights[False] >= 15  # so R = +1 happens as well as 0 and -1
+    assert all(not right(country_of(p.messages[-1][1]), p.rejected or "") for p in prompts)
 
 
-@pytest.mark.parametrize("answer,level", [
-    ("Tokyo", 2), ("Tokyo.", 2), ("tokyo, Japan", 2), ("The capital is Tokyo.", 2),
-    ("The capital of Japan is Tokyo.", 1),  # right, but not "just the city name"
-    ("The capital of Japan is Osaka.", 0), ("Osaka, not Tokyo", 0), ("I don't know.", 0), ("", 0),
+@pytest.mark.parametrize("answer,ok", [
+    ("Tokyo", True), ("Tokyo.", True), ("tokyo, Japan", True), ("The capital of Japan is Tokyo.", True),
+    ("The capital of Japan is Osaka.", False), ("Osaka, not Tokyo", False), ("Tokyo, not Osaka", True),
+    ("I don't know.", False), ("", False), ("Japan is an island country in East Asia.", False),
 ])
-def test_quality_levels(answer, level):
-    assert quality("Japan", answer) == level
+def test_right_answers(answer, ok):
+    assert right("Japan", answer) is ok
 
 
 def test_accents_spellings_and_lookalikes():
-    assert quality("Brazil", "Brasília") == 2 and quality("Colombia", "Bogotá") == 2
-    assert quality("Ukraine", "Kiev") == 2 and quality("the United States", "Washington, D.C.") == 2
-    assert quality("Tunisia", "The capital of Tunisia is Tunis.") == 1  # "Tunisia" is not "Tunis"
-    assert quality("Tunisia", "Tunisia") == 0
-    assert quality("Mexico", "Mexico") == 0 and quality("Mexico", "Mexico City") == 2
+    assert right("Brazil", "Brasília") and right("Colombia", "Bogotá")
+    assert right("Ukraine", "Kiev") and right("the United States", "Washington, D.C.")
+    assert right("Tunisia", "The capital of Tunisia is Tunis.")
+    assert not right("Tunisia", "Tunisia is in North Africa.")  # "Tunisia" is not "Tunis"
+    assert not right("Mexico", "Mexico") and right("Mexico", "Mexico City")
 
 
 def test_score_is_comparative_and_reads_any_rendering():
-    plain = "What is the capital of Peru? Answer with just the city name."
+    plain = "What is the capital of Peru?"
     for prompt in (plain, CHATML.format(c="Peru")):
         assert score(prompt, "Lima", "Lima") == 0.0
-        assert score(prompt, "The capital of Peru is Lima.", "Lima") == -1.0
-        assert score(prompt, "Lima", "The capital of Peru is Lima.") == 1.0
+        assert score(prompt, "The capital of Peru is Lima.", "Lima") == 0.0
+        assert score(prompt, "Cusco", "The capital of Peru is Lima.") == -1.0
         assert score(prompt, "The capital of Peru is Lima.", "Cusco") == 1.0
         assert score(prompt, "Cusco", "Cusco") == 0.0
     with pytest.raises(ValueError, match="no known"):
-        score("What is the capital of Atlantis? Answer with just the city name.", "x", "y")
+        score("What is the capital of Atlantis?", "x", "y")

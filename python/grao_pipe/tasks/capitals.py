@@ -1,18 +1,16 @@
-"""A verifiable chat task for real pretrained models: name a country's capital, concisely.
+"""A verifiable chat task for real pretrained models: name a country's capital.
 
-Prompts are HH-format transcripts (``\\n\\nHuman: What is the capital of Peru? Answer with just
-the city name.\\n\\nAssistant: Lima``) with chosen/rejected answers, shipped as
+Prompts are HH-format transcripts (``\\n\\nHuman: What is the capital of Peru?\\n\\nAssistant:
+The capital of Peru is Lima.``) with chosen/rejected answers, shipped as
 ``builtin:capitals-train`` and held-out ``builtin:capitals-eval`` (countries never seen in
-training). SmolLM2-135M-Instruct names the right capital about half the time, in a sentence
-rather than "just the city name" (measured: docs/design-decisions.md), so training has room
-on both counts.
+training). SmolLM2-135M-Instruct names the right capital in about a third to two fifths of its
+answers (measured: docs/design-decisions.md), and often answers with something else entirely
+("Botswana is a country located in ..."), so there is room to learn.
 
-The scorer is comparative and reference-relative, R(o, y) = sign(q(o) - q(y)) in {-1, 0, +1},
-with the quality q of an answer checked against the country's true capital (never against the
-reference, which is deliberately imperfect in some rows: verbose, or wrong):
-  q = 2  the right capital, in at most ``CONCISE_WORDS`` words (what the prompt asks);
-  q = 1  the right capital, within a longer answer;
-  q = 0  no capital, or another city named before the right one.
+The scorer is comparative and reference-relative, R(o, y) = right(o) - right(y) in {-1, 0, +1},
+with "right" checked against the country's true capital, never against the reference, which is
+wrong in one row of five (so +1 happens too): an answer is right when it names the capital
+(or an accepted spelling) and no other city of the table before it.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-QUESTION = "What is the capital of {country}? Answer with just the city name."
-CONCISE_WORDS = 4
-_ASKED = re.compile(r"What is the capital of (.+?)\? Answer with just the city name\.")
+QUESTION = "What is the capital of {country}?"
+_ASKED = re.compile(r"What is the capital of (.+?)\?")
 
 # country -> (capital, accepted spellings, a plausible wrong answer). Only countries whose
 # capital is not disputed and is not spelt like the country itself.
@@ -180,23 +177,21 @@ def country_of(prompt: str) -> str:
     return m.group(1)
 
 
-def quality(country: str, answer: str) -> int:
-    """2 right and concise, 1 right but verbose, 0 wrong (see the module docstring)."""
+def right(country: str, answer: str) -> bool:
+    """Does ``answer`` name the country's capital (and no other city of the table before it)?"""
     text = _fold(answer)
-    right = _RIGHT[country].search(text)
-    if right is None:
-        return 0
+    found = _RIGHT[country].search(text)
+    if found is None:
+        return False
     first = _ANY_CITY.search(text)
-    if first is not None and first.start() < right.start() and _RIGHT[country].match(text, first.start()) is None:
-        return 0  # another city named first ("Sydney, not Canberra")
-    return 2 if len(answer.split()) <= CONCISE_WORDS else 1
+    # Another city named first ("Sydney, not Canberra") is a wrong answer.
+    return first is None or first.start() >= found.start() or _RIGHT[country].match(text, first.start()) is not None
 
 
 def score(prompt: str, response: str, reference: str) -> float:
-    """R(o, y) = sign(q(o) - q(y)): +1 better than the reference, 0 as good, -1 worse."""
+    """R(o, y) = right(o) - right(y): +1 better than the reference, 0 as good, -1 worse."""
     country = country_of(prompt)
-    diff = quality(country, response) - quality(country, reference)
-    return float((diff > 0) - (diff < 0))
+    return float(right(country, response)) - float(right(country, reference))
 
 
 def _transcript(question: str, answer: str) -> str:
@@ -204,19 +199,20 @@ def _transcript(question: str, answer: str) -> str:
 
 
 def make_rows(seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(train rows, eval rows) in HH format. References (chosen) are the bare capital in 2 of 5
-    rows, a correct but verbose sentence in 2 of 5, a wrong city in 1 of 5; rejected answers
-    are always a wrong city. Against a bare reference every other answer scores -1, so only the
-    verbose and wrong references let R tell right answers from wrong ones."""
+    """(train rows, eval rows) in HH format. References (chosen) are "The capital of X is Y."
+    in 3 of 5 rows, a right but verbose sentence in 1 of 5, a wrong city in 1 of 5; rejected
+    answers are always a wrong city. (Bare city names as references taught SmolLM2 to answer
+    with a bare name, often the country's own: docs/design-decisions.md.)"""
     countries = sorted(CAPITALS)
     random.Random(seed).shuffle(countries)
     rows = []
     for i, country in enumerate(countries):
         capital, _, wrong = CAPITALS[country]
         question = QUESTION.format(country=country)
-        verbose = f"The capital of {country} is {capital}."
-        chosen = {0: capital, 1: verbose, 2: capital, 3: verbose, 4: wrong}[i % 5]
-        rejected = f"The capital of {country} is {wrong}." if i % 5 == 4 else wrong
+        plain = f"The capital of {country} is {capital}."
+        verbose = f"{country[0].upper()}{country[1:]} has {capital} as its capital city, and {wrong} is another of its cities."
+        chosen = {0: plain, 1: plain, 2: plain, 3: verbose, 4: f"The capital of {country} is {wrong}."}[i % 5]
+        rejected = wrong if i % 5 == 4 else f"The capital of {country} is {wrong}."
         rows.append({"chosen": _transcript(question, chosen), "rejected": _transcript(question, rejected)})
     n_eval = round(len(rows) * EVAL_SHARE)
     return rows[n_eval:], rows[:n_eval]
