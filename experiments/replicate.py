@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from grao_pipe.config import load_config
-from grao_pipe.stages import evaluate
-from grao_pipe.stages.run import run as run_pipeline
+from grao_pipe.manifests import EvalManifest, ScoreManifest
+from grao_pipe.pipeline import Pipeline
 from grao_pipe.stages.train import read_metrics
 
 METHODS: dict[str, list[str]] = {
@@ -38,14 +38,17 @@ TERMS = ("loss_exploration", "loss_imitation", "loss_alignment")
 def one(method: str, seed: int, rounds: int, workdir: Path) -> dict:
     overrides = [f"workdir={workdir}", f"run.rounds={rounds}", f"train.seed={seed}", *METHODS[method]]
     cfg = load_config("pipelines/demo.yaml", overrides)
-    outcomes = run_pipeline(cfg)
-    rewards = [o.manifest.data["stats"]["mean_reward"] for o in outcomes if o.ref.stage == "score" and o.manifest]
-    steps = [m for o in outcomes if o.ref.stage == "train" for m in read_metrics(o.ref.directory)]
-    ev = evaluate.run(cfg)
+    p = Pipeline(cfg)
+    outcomes = p.run()
+    rewards = [o.manifest.stats.mean_reward for o in outcomes if isinstance(o.manifest, ScoreManifest)]
+    steps = [m for o in outcomes if o.target.stage == "train" for m in read_metrics(o.target.dir.path)]
+    evm = p.run_stage("eval", rounds).manifest
+    assert isinstance(evm, EvalManifest)
+    ev = evm.stats
     return {"method": method, "seed": seed, "round_rewards": rewards,
-            "final_reward": ev["mean_reward"]["model"],
-            "ras": ev["ras"]["strict"]["value"], "ras_win_tie": ev["ras"]["win_tie"]["value"],
-            "nag": ev["nag"]["printed"]["value"], "nag_net": ev["nag"]["net"]["value"],
+            "final_reward": ev.mean_reward["model"],
+            "ras": ev.ras["strict"].value, "ras_win_tie": ev.ras["win_tie"].value,
+            "nag": ev.nag["printed"].value, "nag_net": ev.nag["net"].value,
             "terms": [{k: m.get(k) for k in TERMS} for m in steps] if method.startswith("grao") else []}
 
 

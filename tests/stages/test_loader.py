@@ -2,17 +2,17 @@
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from stage_runner import run_stage
 
 from grao_pipe.config import load_config
 from grao_pipe.learner.data import GroupStore
-from grao_pipe.stages import generate, score
 
 
 def test_group_store_matches_the_shards(tiny_config, tmp_path):
     cfg = load_config(tiny_config(score={"advantage": {"degenerate": "drop"}}))
-    generate.run(cfg)
-    out = score.run(cfg)
-    shards = [(out.ref.directory / s["name"], s["sha256"]) for s in out.manifest.shards]
+    run_stage("generate", cfg)
+    out = run_stage("score", cfg)
+    shards = [(out.target.dir.path / s.name, s.sha256) for s in out.manifest.shards]
     store = GroupStore(shards, tmp_path)
     kept = [pq.read_table(p).filter(pc.field("keep")).to_pylist() for p, _ in shards]
     rows = [r for t in kept for r in t]
@@ -30,9 +30,9 @@ def test_group_store_matches_the_shards(tiny_config, tmp_path):
 
 def test_overlong_sequences_are_truncated_and_counted_once(tiny_config, tmp_path):
     cfg = load_config(tiny_config())
-    generate.run(cfg)
-    out = score.run(cfg)
-    shards = [(out.ref.directory / s["name"], s["sha256"]) for s in out.manifest.shards]
+    run_stage("generate", cfg)
+    out = run_stage("score", cfg)
+    shards = [(out.target.dir.path / s.name, s.sha256) for s in out.manifest.shards]
     store = GroupStore(shards, tmp_path, max_seq_len=5, overlong="truncate")
     for _ in range(2):  # a second epoch does not count again
         for k in range(len(store)):

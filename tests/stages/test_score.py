@@ -3,24 +3,25 @@
 import counting_scorer
 import pyarrow.parquet as pq
 import pytest
+from stage_runner import run_stage
 
 from grao_pipe.config import load_config
 from grao_pipe.errors import DataError
-from grao_pipe.stages import generate, score
+from grao_pipe.pipeline import Pipeline
 
 COUNTING = {"kind": "function", "name": "count", "function": "counting_scorer:score"}
 
 
 def test_advantage_change_reuses_cached_rewards(tiny_config):
     cfg = load_config(tiny_config(score={"scorers": [COUNTING]}))
-    generate.run(cfg)
+    run_stage("generate", cfg)
     counting_scorer.CALLS["n"] = 0
-    first = score.run(cfg)
+    first = run_stage("score", cfg)
     assert counting_scorer.CALLS["n"] == 48
-    assert first.manifest.data["stats"]["scorer_shards_computed"] == {"count": 2}
+    assert first.manifest.stats.scorer_shards_computed == {"count": 2}
     for change in (["score.advantage.mode=rank"], ["score.advantage.degenerate=drop"]):
-        again = score.run(load_config(tiny_config(score={"scorers": [COUNTING]}), change))
-        assert not again.cached and again.manifest.data["stats"]["scorer_shards_computed"] == {"count": 0}
+        again = run_stage("score", load_config(tiny_config(score={"scorers": [COUNTING]}), change))
+        assert not again.cached and again.manifest.stats.scorer_shards_computed == {"count": 0}
     assert counting_scorer.CALLS["n"] == 48  # the scorer never ran again
 
 
@@ -29,31 +30,60 @@ def test_weighted_combination_and_invalid_rows(tiny_config):
         {"kind": "function", "name": "arith", "function": "grao_pipe.tasks.arith:score", "weight": 2.0},
         {"kind": "function", "name": "flaky", "function": "counting_scorer:fails_on_odd_length", "weight": 1.0},
     ]
-    cfg = load_config(tiny_config(score={"scorers": scorers}))
-    generate.run(cfg)
-    out = score.run(cfg)
-    t = pq.read_table(sorted(out.ref.directory.glob("shard-*.parquet"))[0]).to_pylist()
+    cfg = load_config(tiny_config(score={"scorers": scorers, "max_invalid_share": 1.0}))
+    run_stage("generate", cfg)
+    out = run_stage("score", cfg)
+    t = pq.read_table(sorted(out.target.dir.path.glob("shard-*.parquet"))[0]).to_pylist()
     for row in t:
         if row["reward_flaky"] is None:
             assert row["reward"] is None and not row["reward_valid"] and row["advantage"] == 0.0
         else:
             assert row["reward"] == pytest.approx(2 * row["reward_arith"] + 0.5)
-    stats = out.manifest.data["stats"]
-    assert stats["scorer_errors"] == stats["invalid_rewards"] > 0
+    stats = out.manifest.stats
+    assert stats.scorer_errors == stats.invalid_rewards > 0
+    # At the default share, a scorer that fails this often stops the stage (exit 5), naming it.
+    strict = load_config(tiny_config(score={"scorers": scorers}), ["score.advantage.eps=0.001"])
+    with pytest.raises(DataError, match=rf"{stats.invalid_rewards} of 48 rewards are invalid .*{stats.scorer_errors} "
+                                        r"scorer errors\), over score.max_invalid_share=0.5"):
+        run_stage("score", strict)
+    assert Pipeline(strict).target("score", 1).manifest() is None
 
 
 def test_corrupted_generate_shard_is_an_error(tiny_config):
     cfg = load_config(tiny_config())
-    gen = generate.run(cfg)
-    shard = next(gen.ref.directory.glob("shard-*.parquet"))
+    gen = run_stage("generate", cfg)
+    shard = next(gen.target.dir.path.glob("shard-*.parquet"))
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(DataError, match="checksum mismatch"):
-        score.run(cfg)
-    assert score.score_ref(cfg, 1).manifest() is None  # nothing looks complete
+        run_stage("score", cfg)
+    assert Pipeline(cfg).target("score", 1).manifest() is None  # nothing looks complete
 
 
 def test_single_sample_groups_are_degenerate_and_counted(tiny_config):
-    cfg = load_config(tiny_config(generate={"num_samples": 1}))
-    generate.run(cfg)
-    stats = score.run(cfg).manifest.data["stats"]
-    assert stats["single_sample_groups"] == stats["degenerate_groups"] == stats["groups"] == 12
+    cfg = load_config(tiny_config(generate={"num_samples": 1}, train={"objective": "sft"}))
+    run_stage("generate", cfg)
+    stats = run_stage("score", cfg).manifest.stats
+    assert stats.single_sample_groups == stats.degenerate_groups == stats.groups == 12
+
+
+def test_score_output_equals_the_row_rule_and_the_polars_advantages(tiny_config):
+    """What the vectorised, two-threaded stage writes equals the row-by-row reward rule and the
+    independent Polars advantage reference, row for row (its content is unchanged)."""
+    import polars as pl
+
+    from grao_pipe import advantages
+    from grao_pipe.tasks.arith import score_one
+
+    cfg = load_config(tiny_config(data={"limit": 40}, generate={"prompts_per_shard": 8}))
+    gen = run_stage("generate", cfg)
+    out = run_stage("score", cfg)
+    assert len(out.manifest.shards) == 5
+    for shard in out.manifest.shards:
+        got = pl.from_arrow(pq.read_table(out.target.dir.path / shard.name))
+        src = pl.from_arrow(pq.read_table(gen.target.dir.path / shard.name))
+        want = [score_one(p, o, y) for p, o, y in zip(src["prompt"], src["response"], src["reference"], strict=True)]
+        assert got["reward"].to_list() == want
+        ref = advantages.polars_reference(src.with_columns(reward=pl.Series(want)), cfg.score.advantage)
+        assert got["advantage"].to_list() == pytest.approx(ref["advantage"].to_list(), abs=1e-12)
+        assert got["reference_advantage"].to_list() == pytest.approx(ref["reference_advantage"].to_list(), abs=1e-12)
+        assert got.drop([c for c in got.columns if c not in src.columns]).equals(src)  # generate's columns as they were

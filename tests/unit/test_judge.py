@@ -1,8 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
-from grao_pipe.scoring.judge import CRITERIA, Judge, load_template, parse_verdict
+from grao_pipe.scoring import ScorerFiles
+from grao_pipe.scoring.base import ScoreInput
+from grao_pipe.scoring.judge import CRITERIA, Judge, dialogue_text, load_template, parse_verdict
 
 
 @pytest.mark.parametrize(
@@ -39,12 +43,12 @@ def test_custom_template_must_have_placeholders(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("{context} {text1}")
     with pytest.raises(ConfigError, match=r"\{text2\}"):
-        load_template(str(p))
+        load_template(p)
 
 
 def test_openai_judge_needs_base_url():
     with pytest.raises(ConfigError, match="base_url"):
-        Judge(JudgeScorer(model="m"))
+        Judge(JudgeScorer(model="m"), ScorerFiles())
 
 
 class _Scripted(Judge):
@@ -63,54 +67,40 @@ class _Scripted(Judge):
 def test_both_orders_removes_position_bias_and_counts_unparseable():
     # forward (o as Text 1): 1>2, 1>2, ??? ; swapped (y as Text 1): 1>2 (position bias), 1<2, 1=2
     j = _Scripted(["1 > 2", "1 > 2", "no idea", "1 > 2", "1 < 2", "1 = 2"])
-    res = j.score(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3)
-    assert res.values == [0.0, 1.0, None] and res.unparseable == 1
+    res = j.score(ScoreInput.from_lists(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3))
+    assert res.tolist() == [0.0, 1.0, None] and res.unparseable == 1
+
+
+def test_the_judge_reads_the_dialogue_not_the_policys_chat_template():
+    """A chat prompt reaches the judge as plain turns, with no control tokens of any template."""
+    j = _Scripted(["1 > 2", "1 > 2"])
+    seen = []
+    j._ask = lambda prompts: (seen.extend(prompts), ["1 > 2"] * len(prompts))[1]
+    rendered = "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    rows = ScoreInput.from_lists([rendered], ["Hello!"], ["Hi there."],
+                                 [[{"role": "system", "content": ""}, {"role": "user", "content": "Hi?"},
+                                   {"role": "assistant", "content": "Yes?"}, {"role": "user", "content": "Hi?"}]])
+    j.score(rows)
+    context = seen[0].split("[Context]")[1].split("[Text 1]")[0]
+    assert "<|im_start|>" not in seen[0] and context.strip() == "User: Hi?\n\nAssistant: Yes?\n\nUser: Hi?"
+    assert dialogue_text([("user", "3+4=")]) == "3+4="  # a plain-text prompt is itself
 
 
 def test_scorer_key_follows_the_template_content_not_its_path(tmp_path):
-    from grao_pipe.scoring import scorer_key
+    from grao_pipe.scoring import scorer_files, scorer_key
+
+    def key(cfg: JudgeScorer) -> str:
+        return scorer_key(cfg, scorer_files(cfg, Path))
 
     template = tmp_path / "judge.txt"
     template.write_text("{context} {text1} {text2} {criterion} v1")
     cfg = JudgeScorer(model="m", template=str(template))
-    before = scorer_key(cfg)
-    assert scorer_key(cfg) == before
+    before = key(cfg)
+    assert key(cfg) == before
+    copy = tmp_path / "elsewhere.txt"
+    copy.write_text(template.read_text())
+    assert key(JudgeScorer(model="m", template=str(copy))) == before  # same content, other path
     template.write_text("{context} {text1} {text2} {criterion} v2, edited in place")
-    assert scorer_key(cfg) != before  # cached rewards of the old template are not reused
-    assert scorer_key(JudgeScorer(model="m")) != before
-
-
-# What the policy's chat template (SmolLM2's, ChatML with a default system turn) made of a dialogue.
-POLICY_RENDERED = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n"
-                   "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-                   "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n")
-STORED = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
-          {"role": "user", "content": "And 3+3?"}]
-
-
-def test_dialogue_text_is_plain_turns():
-    from grao_pipe.scoring.judge import dialogue_text
-
-    expected = "User: What is 2+2?\n\nAssistant: 4\n\nUser: And 3+3?"
-    assert dialogue_text(POLICY_RENDERED, STORED) == expected
-    assert dialogue_text(None, [(m["role"], m["content"]) for m in STORED]) == expected  # loaded form
-    with_system = [("system", "Answer briefly."), ("user", "Hi")]
-    assert dialogue_text("ignored", with_system) == "System: Answer briefly.\n\nUser: Hi"
-    assert dialogue_text("ignored", [("system", ""), ("user", "Hi")]) == "User: Hi"  # data.system_prompt=none
-    assert dialogue_text("3+4=", None) == "3+4="  # a plain-text prompt is itself
-
-
-class _Recording(_Scripted):
-    def _ask(self, prompts):
-        self.asked = prompts
-        return ["1 > 2"] * len(prompts)
-
-
-def test_judge_context_holds_no_control_tokens():
-    j = _Recording([])
-    res = j.score([POLICY_RENDERED, "3+4="], ["6", "7"], ["six", "7"], messages=[STORED, None])
-    assert res.values == [0.0, 0.0]  # both orders say "1 > 2": position bias cancels
-    for asked in j.asked:
-        assert "<|im_start|>" not in asked and "<|im_end|>" not in asked
-    assert "[Context]\nUser: What is 2+2?\n\nAssistant: 4\n\nUser: And 3+3?\n" in j.asked[0]
-    assert "[Context]\n3+4=\n" in j.asked[1]
+    assert key(cfg) != before  # cached rewards of the old template are not reused
+    assert key(JudgeScorer(model="m")) != before
+    assert key(JudgeScorer(model="m", base_url="http://a/v1")) == key(JudgeScorer(model="m", base_url="http://b/v1"))

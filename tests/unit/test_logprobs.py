@@ -9,7 +9,7 @@ from grao_pipe.config import TrainConfig  # noqa: E402
 from grao_pipe.learner import attention  # noqa: E402
 from grao_pipe.learner.data import Group, collate, pack  # noqa: E402
 from grao_pipe.learner.logprobs import CausalLMLogps, chunked_token_logps, full_token_logps  # noqa: E402
-from grao_pipe.learner.worker import _token_logps, step_loss  # noqa: E402
+from grao_pipe.learner.objectives import step_loss, token_logps  # noqa: E402
 
 CPU = torch.device("cpu")
 V = 50
@@ -100,7 +100,7 @@ def test_scored_positions_match_the_full_model_forward(packed):
     model = _model(tied=True)
     batch = collate(_groups(1), pad_id=0)
     with torch.no_grad():
-        got = _token_logps(model, batch, CPU, pack(batch, 32, 0) if packed else None, chunk_tokens=4)
+        got = token_logps(model, batch, CPU, pack(batch, 32, 0) if packed else None, chunk_tokens=4)
         logits = model(input_ids=batch.input_ids_NT, attention_mask=batch.attention_mask_NT).logits
         ref = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch.input_ids_NT[:, 1:, None])[..., 0]
     mask = batch.loss_mask_NT > 0
@@ -171,10 +171,10 @@ def test_flex_attention_equals_the_dense_mask_path(monkeypatch, packed):
     batch = collate(_groups(2), pad_id=0)
     pk = pack(batch, 160, 0) if packed else None  # 160: the last flex block is incomplete
     with torch.no_grad():
-        ref = _token_logps(_model(True, "sdpa"), batch, CPU, pk, chunk_tokens=8)
+        ref = token_logps(_model(True, "sdpa"), batch, CPU, pk, chunk_tokens=8)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-            got = _token_logps(_model(True, "flex_attention"), batch, CPU, pk, chunk_tokens=8)
+            got = token_logps(_model(True, "flex_attention"), batch, CPU, pk, chunk_tokens=8)
     assert len(calls) == 2 and all(bm is calls[0] for bm in calls)  # one BlockMask, every layer
     assert torch.allclose(got, ref, atol=1e-5)
 
@@ -185,8 +185,8 @@ def test_packed_sdpa_boolean_mask_equals_eager_additive_mask():
     assert attention.packed_mask(pk, "sdpa", CPU).dtype == torch.bool
     assert attention.packed_mask(pk, "eager", CPU).dtype == torch.float32
     with torch.no_grad():
-        a = _token_logps(_model(False, "sdpa"), batch, CPU, pk, chunk_tokens=5)
-        b = _token_logps(_model(False, "eager"), batch, CPU, pk, chunk_tokens=5)
+        a = token_logps(_model(False, "sdpa"), batch, CPU, pk, chunk_tokens=5)
+        b = token_logps(_model(False, "eager"), batch, CPU, pk, chunk_tokens=5)
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -200,12 +200,3 @@ def test_logit_transforms_are_refused():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(TypeError, match="final_logit_softcapping"):
         CausalLMLogps(model)
-
-
-def test_tensorboard_writer_logs_scalars(tmp_path):
-    from grao_pipe.learner.worker import tensorboard_writer
-
-    w = tensorboard_writer(tmp_path / "tb", 0)
-    w.add_scalar("train/loss", 1.0, 0)
-    w.close()
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

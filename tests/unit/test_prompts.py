@@ -2,8 +2,13 @@ import pytest
 
 from grao_pipe.config import DataConfig
 from grao_pipe.errors import InputError
-from grao_pipe.prompts import group_id, load_prompts
+from grao_pipe.prompts import group_id, load_prompt_set
+from grao_pipe.storage import local_input
 from grao_pipe.tasks import arith
+
+
+def load_prompts(cfg: DataConfig):
+    return load_prompt_set(local_input(cfg.prompts), cfg).prompts
 
 
 def test_builtin_prompt_set_loads():
@@ -14,7 +19,7 @@ def test_builtin_prompt_set_loads():
 def test_malformed_row_is_named(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"prompt": "1+1=", "reference": "2"}\n{"prompt": "2+2=", \n')
-    with pytest.raises(InputError, match=r"p.jsonl:2: not valid JSON"):
+    with pytest.raises(InputError, match=r"1 of 2 rows are unusable \(p.jsonl:2: not valid JSON"):
         load_prompts(DataConfig(prompts=str(p)))
 
 
@@ -23,6 +28,16 @@ def test_missing_reference_is_named(tmp_path):
     p.write_text('{"prompt": "1+1=", "answer": "2"}\n')
     with pytest.raises(InputError, match=r"p.jsonl:1: missing or empty reference field 'reference'"):
         load_prompts(DataConfig(prompts=str(p)))
+
+
+def test_bad_rows_are_quarantined_under_the_share(tmp_path):
+    p = tmp_path / "p.jsonl"
+    good = '{"prompt": "1+1=", "reference": "2"}\n'
+    p.write_bytes((good * 9 + '{"prompt": "2+2=", \n' + good * 9).encode() + b'{"prompt": "\xff"}\n' + good.encode())
+    ps = load_prompt_set(p, DataConfig(prompts=str(p)))
+    assert len(ps.prompts) == 19
+    assert ps.quarantined == [{"row": 10, "reason": "not valid JSON (Expecting property name enclosed in double quotes)"},
+                              {"row": 20, "reason": "not UTF-8 text (byte 12)"}]
 
 
 def test_empty_prompt_set(tmp_path):
@@ -44,9 +59,26 @@ def test_group_id_is_stable_and_distinguishes_references():
 
 
 def test_arith_scorer_is_relative_to_reference():
-    assert arith.score("3+4=", "7", "7") == 0.0
-    assert arith.score("3+4=", "8", "7") == -1.0
-    assert arith.score("3+4=", " 7", "6") == 1.0
+    assert arith.score_one("3+4=", "7", "7") == 0.0
+    assert arith.score_one("3+4=", "8", "7") == -1.0
+    assert arith.score_one("3+4=", " 7", "6") == 1.0
+
+
+def test_the_vectorised_arith_scorer_equals_the_row_rule():
+    import random
+
+    rng = random.Random(0)
+    prompts = [f"{rng.randint(0, 99)}+{rng.randint(0, 99)}=" for _ in range(400)] + ["oops", " 3 + 4 = ", "12+7"]
+    answers = [rng.choice([str(rng.randint(0, 200)), f" {rng.randint(0, 9)}x", "", "abc", "007", "3 4"]) for _ in prompts]
+    refs = [rng.choice([str(rng.randint(0, 200)), "", "x"]) for _ in prompts]
+    want = []
+    for p, o, y in zip(prompts, answers, refs, strict=True):
+        try:
+            want.append(arith.score_one(p, o, y))
+        except ValueError:
+            want.append(None)
+    assert arith.score_rows(prompts, answers, refs) == want
+    assert {-1.0, 0.0, 1.0, None} <= set(want)
 
 
 def _chat_file(tmp_path, rows):
@@ -81,15 +113,6 @@ def test_system_prompt_keys_are_checked():
         DataConfig(system_prompt="replace")
     with pytest.raises(ValidationError, match=r"only used with data.system_prompt=replace"):
         DataConfig(system_prompt_text="x")
-
-
-def test_system_prompt_changes_the_fingerprint_only_when_set(tmp_path):
-    from grao_pipe.prompts import prompt_set_fingerprint
-
-    path = _chat_file(tmp_path, [{"messages": [{"role": "user", "content": "hi"}], "reference": "hello"}])
-    keep = prompt_set_fingerprint(DataConfig(prompts=path))
-    assert "system_prompt" not in keep  # unchanged cache keys for configs that do not use it
-    assert prompt_set_fingerprint(DataConfig(prompts=path, system_prompt="none")) != keep
 
 
 def test_hh_rows_carry_their_own_system_turn(tmp_path):

@@ -1,304 +1,63 @@
 """Learner entry point, one process per device: ``torchrun ... -m grao_pipe.learner.worker SPEC``.
 
-SPEC is a JSON file written by ``grao_pipe.stages.train``: score shards (with checksums), the
-initial model directory, the train config section and the output directory. Rank 0 appends one
-line per optimizer step to ``metrics.jsonl`` and writes the Hugging Face export ``model/``.
-With ``train.checkpoint_every`` the run saves sharded checkpoints and, when restarted after a
-crash, resumes from the latest one exactly (same data order, same optimizer state).
+SPEC is the JSON ``LearnerSpec`` written by ``grao_pipe.stages.train``. The work is the recipe
+(``learner.recipe.GRAORecipe``); this module makes the process safe to run under a scheduler:
+
+- it dies with its parent (a parent-death signal), so killing ``grao-pipe``'s process group, as
+  a scheduler or the OOM killer does, never leaves a learner writing into the stage directory;
+- an exception is written to ``<train dir>/errors/rank-<r>.json``, from which the stage reports
+  the root cause instead of torchrun's generic summary.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
-import math
 import os
 import signal
 import sys
-import time
+import traceback
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.distributed as dist
+from grao_pipe.learner.spec import LearnerSpec
 
-from grao_pipe import losses
-from grao_pipe.config import TrainConfig
-from grao_pipe.learner import attention, checkpoint
-from grao_pipe.learner.data import Batch, Group, GroupStore, Packed, collate, micro_batches, pack
-from grao_pipe.learner.fsdp import shard_model
-from grao_pipe.learner.logprobs import CausalLMLogps, as_logps_model
-from grao_pipe.learner.train_mode import prepare_for_training
-
-# bf16 dense peak FLOP/s used for MFU, by device name substring.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+PR_SET_PDEATHSIG = 1
 
 
-def _token_logps(model: torch.nn.Module, batch: Batch, device: torch.device, packed: Packed | None = None,
-                 chunk_tokens: int = 0) -> torch.Tensor:
-    """log πθ of the next tokens the losses read (continuation targets), [N, T-1] in the Batch
-    layout, 0 elsewhere; padded or packed forward, LM head chunked by ``chunk_tokens`` (0: off)."""
-    lm = as_logps_model(model)
-    impl = getattr(lm.config, "_attn_implementation", None) or "sdpa"
-    n, t = batch.input_ids_NT.shape
-    if packed is None:
-        seq, pos = batch.loss_mask_NT.nonzero(as_tuple=True)
-        rows, cols = seq, pos
-        ids, position_ids = batch.input_ids_NT, None
-        mask = attention.padded_mask(batch.attention_mask_NT, impl, device)
-    else:
-        # Only the positions that predict a loss token of the same sequence.
-        keep = batch.loss_mask_NT[packed.dst_seq, packed.dst_pos] > 0
-        seq, pos = packed.dst_seq[keep], packed.dst_pos[keep]
-        rows, cols = packed.src_row[keep], packed.src_col[keep]
-        ids, position_ids = packed.input_ids_RT, packed.position_ids_RT.to(device)
-        mask = attention.packed_mask(packed, impl, device)
-    lp_K = lm(ids.to(device), rows.to(device), cols.to(device), attention_mask=mask, position_ids_RT=position_ids,
-              chunk_tokens=chunk_tokens)
-    out = torch.zeros(n, t - 1, device=device, dtype=lp_K.dtype)
-    return out.index_put((seq.to(device), pos.to(device)), lp_K)
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (torchrun's agent) dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call: do not outlive it
+            os._exit(1)
 
 
-def _samples_only_advantages(reward_BG: torch.Tensor, mask_BG: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO's advantages: (R_i − μ)/(σ + ε) over each group's samples only."""
-    n = mask_BG.sum(-1, keepdim=True).clamp(min=1)
-    mu = (reward_BG * mask_BG).sum(-1, keepdim=True) / n
-    sigma = (((reward_BG - mu) ** 2 * mask_BG).sum(-1, keepdim=True) / n).sqrt()
-    return (reward_BG - mu) / (sigma + eps) * mask_BG
-
-
-def step_loss(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, device: torch.device,
-              packed: Packed | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-    """Per-group loss [B], its terms, and diagnostics, for one rank's share of a step."""
-    tok_NT = _token_logps(model, batch, device, packed, cfg.logprob_chunk_tokens)
-    mask_NT = batch.loss_mask_NT.to(device)
-    b, g = batch.mask_BG.shape
-    ns = b * g
-    mask_BG = batch.mask_BG.to(device)
-    behaviour_NT = batch.behaviour_NT.to(device)
-    diag: dict[str, float] = {}
-    if cfg.importance_weights or cfg.objective in ("grao", "grpo"):
-        diag["staleness_kl"] = float(losses.staleness_kl(tok_NT[:ns], behaviour_NT[:ns], mask_NT[:ns]))
-    if cfg.objective == "grpo":
-        adv_N = _samples_only_advantages(batch.reward_BG.to(device), mask_BG).reshape(-1)
-        group_of_N = torch.arange(b, device=device).repeat_interleave(g)
-        keep = mask_BG.reshape(-1) > 0
-        ref_NT = batch.ref_NT.to(device)[:ns][keep] if cfg.grpo_kl > 0 else None
-        loss_B, terms = losses.grpo_loss(tok_NT[:ns][keep], behaviour_NT[:ns][keep], ref_NT, adv_N[keep],
-                                         mask_NT[:ns][keep], group_of_N[keep], b, cfg.grpo_clip, cfg.grpo_kl)
-        return loss_B, terms, diag
-    j_N = losses.sequence_mean_logps(tok_NT, mask_NT)
-    j_exp_BG, j_im_B = j_N[:ns].view(b, g), j_N[ns:]
-    if cfg.objective == "sft":
-        loss_B, terms = losses.sft_loss(j_im_B)
-        return loss_B, terms, diag
-    if cfg.objective == "dpo":
-        sum_N = (tok_NT * mask_NT).sum(-1)
-        ref_sum_N = (batch.ref_NT.to(device) * mask_NT).sum(-1)
-        # Rejected = the group's worst sample (lowest reward; the first on ties).
-        worst_B = (batch.reward_BG.to(device) + (1 - mask_BG) * 1e9).argmin(-1)
-        rows = torch.arange(b, device=device) * g + worst_B
-        loss_B, terms = losses.dpo_loss(sum_N[ns:], sum_N[rows], ref_sum_N[ns:], ref_sum_N[rows], cfg.dpo_beta)
-        return loss_B, terms, diag
-    weight_BG = None
-    if cfg.importance_weights:
-        sum_N = (tok_NT[:ns] * mask_NT[:ns]).sum(-1)
-        beh_N = (behaviour_NT[:ns] * mask_NT[:ns]).sum(-1)
-        weight_BG = losses.truncated_importance_weights(sum_N, beh_N, cfg.importance_cap).view(b, g)
-        diag["importance_weight_mean"] = float((weight_BG * mask_BG).sum() / mask_BG.sum().clamp(min=1))
-    loss_B, terms = losses.grao_loss(j_exp_BG, j_im_B, batch.adv_BG.to(device), batch.ref_adv_B.to(device),
-                                     mask_BG, beta=cfg.beta, lam=cfg.lam, weight_BG=weight_BG,
-                                     alpha=1.0 if cfg.exploration else 0.0)
-    return loss_B, terms, diag
-
-
-def load_policy(model_dir: str, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The causal LM to train, fp32 on ``device``, in training mode (transformers checkpoints
-    activations only in training mode) with dropout off (grao_pipe.learner.train_mode)."""
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                              attn_implementation=cfg.attn_implementation)
-    lm.to(device)  # type: ignore[arg-type]
-    return prepare_for_training(lm, cfg.activation_checkpointing)
-
-
-def tensorboard_writer(log_dir: Path, start_step: int) -> Any:
-    """A SummaryWriter (imported lazily: tensorboard is optional) that drops events from
-    ``start_step`` on, so a resumed run does not show the crashed run's later steps twice."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # torch.utils.tensorboard imports the tensorboard package
-        raise SystemExit("train: train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(str(log_dir), purge_step=start_step or None)
-
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _record_failure(spec: LearnerSpec, e: BaseException) -> None:
+    rank = int(os.environ.get("RANK", 0))
+    spec.errors_dir.mkdir(parents=True, exist_ok=True)
+    (spec.errors_dir / f"rank-{rank}.json").write_text(json.dumps({
+        "rank": rank, "type": type(e).__name__, "message": str(e),
+        "traceback": "".join(traceback.format_exception(e)),
+    }))
 
 
 def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    cfg = TrainConfig.model_validate(spec["train"])
-    out = Path(spec["output_dir"])
-    use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    torch.manual_seed(cfg.seed)
+    from grao_pipe.learner.recipe import GRAORecipe
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from grao_pipe._quiet import quiet_transformers
-
-    quiet_transformers()
-    model_dir = spec["model_dir"]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if cfg.attn_implementation == attention.FLEX and not use_cuda:
-        raise SystemExit("train: attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
-                         "backward on CPU); use train.attn_implementation=sdpa")
-    lm = load_policy(model_dir, cfg, device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    n_params = _n_params(lm)
-    # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the LM
-    # head and embeddings are unsharded by the root's hooks around the chunked head too.
-    model = CausalLMLogps(lm)
-    shard_model(model, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
-
-    shards = [(Path(p), sha) for p, sha in spec["shards"]]
-    cache_dir = out / "cache"
-    if rank == 0:  # convert each shard once, then every rank memory-maps the same files
-        cache_dir.mkdir(exist_ok=True)
-        GroupStore(shards, cache_dir)
-    dist.barrier()
-    groups = GroupStore(shards, cache_dir, cfg.max_seq_len, cfg.overlong)
-    step_size = min(cfg.groups_per_step, len(groups))
-    if step_size < world:
-        raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
-    steps_per_epoch = len(groups) // step_size
-    total_steps = steps_per_epoch * cfg.epochs
-    metrics_path = out / "metrics.jsonl"
-    ckpt_root = out / "checkpoints"
-    ckpt_root.mkdir(exist_ok=True)
-
-    start = 0
-    last = checkpoint.latest(ckpt_root)
-    if last is not None:
-        extra = checkpoint.load(last, model, opt, {"step": 0, "spec_digest": ""})
-        if extra["spec_digest"] != spec["spec_digest"]:
-            raise SystemExit(f"train: refusing to resume from {last}: it was written for other data or another "
-                             "model (spec digest differs); delete the checkpoint directory to start over")
-        start = int(extra["step"])
-        sched.last_epoch = start - 1
-        sched.step()  # restore the LR of step `start`
-        if rank == 0 and metrics_path.exists():  # drop lines logged after the checkpoint
-            kept = metrics_path.read_text().splitlines()[:start]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif rank == 0:
-        metrics_path.unlink(missing_ok=True)
-    # Resumed: events logged after the checkpoint's step are purged, as metrics.jsonl lines are.
-    writer = tensorboard_writer(out / "tensorboard", start) if cfg.tensorboard and rank == 0 else None
-
-    peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
-    fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
-    for step in range(start, total_steps):
-        epoch, s = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        t0 = time.perf_counter()
-        idx = order[s * step_size : (s + 1) * step_size].tolist()
-        mine: list[Group] = [groups.group(i) for i in idx[rank::world]]
-        micro = micro_batches(mine, cfg.micro_batch_tokens)
-        # Every rank must run the same number of forwards (FSDP all-gathers in each one).
-        n_micro = torch.tensor([len(micro)], device=device)
-        dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
-        loss_sum = 0.0
-        term_sums: dict[str, float] = {}
-        diag_sums: dict[str, float] = {}
-        real_tokens = padded_tokens = 0
-        for i in range(int(n_micro)):
-            dummy = i >= len(micro)  # this rank ran out: a zero-weight forward keeps ranks in step
-            batch = collate(micro[0][:1] if dummy else micro[i], pad_id)
-            packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
-            loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
-            model.set_requires_gradient_sync(i == int(n_micro) - 1)  # type: ignore[operator]
-            # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
-            (loss_B.sum() * (0.0 if dummy else world / step_size)).backward()
-            if dummy:
-                continue
-            loss_sum += float(loss_B.detach().sum())
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0.0) + float(v.detach().sum())
-            for k, d in diag.items():
-                diag_sums[k] = diag_sums.get(k, 0.0) + d / len(micro)
-            real_tokens += packed.real_tokens if packed else batch.real_tokens
-            padded_tokens += packed.padded_tokens if packed else batch.padded_tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        names = sorted(term_sums)
-        red = torch.tensor([loss_sum, *[term_sums[k] for k in names], float(real_tokens), float(padded_tokens),
-                            *[diag_sums[k] / world for k in sorted(diag_sums)]], device=device)
-        dist.all_reduce(red)
-        if use_cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        if rank == 0:
-            vals = red.tolist()
-            nt = len(names)
-            real, padded = vals[1 + nt], vals[2 + nt]
-            rec: dict[str, Any] = {
-                "step": step, "epoch": epoch, "loss": vals[0] / step_size,
-                **{f"loss_{k}": v / step_size for k, v in zip(names, vals[1 : 1 + nt], strict=True)},
-                **dict(zip(sorted(diag_sums), vals[3 + nt :], strict=True)),
-                "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-                "lr": sched.get_last_lr()[0], "groups": step_size, "real_tokens": int(real),
-                "padding_fraction": 1 - real / max(padded, 1), "tokens_per_s": real / dt,
-                # 6·N·tokens training FLOPs (attention excluded) over the peak of all devices.
-                "mfu": 6 * n_params * real / dt / (peak * world) if peak else None,
-            }
-            if not all(math.isfinite(v) for v in vals):
-                raise FloatingPointError(f"non-finite loss at step {step}: {rec}")
-            with open(metrics_path, "a") as f:  # appended per step: a crash keeps what was logged
-                f.write(json.dumps(rec) + "\n")
-            if writer is not None:
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                        writer.add_scalar(f"train/{k}", v, step)
-                writer.flush()
-        done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
-            checkpoint.save(ckpt_root, done, model, opt, {"step": done, "spec_digest": spec["spec_digest"]})
-        if done == fail_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    checkpoint.save(ckpt_root, total_steps, model, opt, {"step": total_steps, "spec_digest": spec["spec_digest"]})
-    # Each rank counted truncations/skips of the groups it materialised.
-    counts = torch.tensor([groups.stats.truncated, groups.stats.skipped], device=device)
-    dist.all_reduce(counts)
-    load_stats = {"rows": groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
-    if writer is not None:
-        writer.close()
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank == 0:
-        # Eager attention: the export only holds weights (config.json does not record the kernel).
-        export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="eager")
-        export.load_state_dict(full)
-        # Files under 5 GB: object stores copy an upload to its final key in one request, and
-        # S3 caps single copies at 5 GiB (grao_pipe.remote).
-        export.save_pretrained(out / "model", max_shard_size="4GB")
-        tokenizer.save_pretrained(out / "model")
-        (out / "load_stats.json").write_text(json.dumps(load_stats))
-    dist.barrier()
-    dist.destroy_process_group()
+    spec = LearnerSpec.read(Path(spec_path))
+    recipe = GRAORecipe(spec)
+    try:
+        recipe.setup()
+        recipe.train()
+        recipe.export()
+        recipe.cleanup()
+    except BaseException as e:
+        _record_failure(spec, e)
+        raise
 
 
 if __name__ == "__main__":
+    die_with_parent()
     main(sys.argv[1])
     # Everything is written and the process group is gone. Skip interpreter teardown: a gloo
     # worker thread destroyed during static destruction occasionally aborts the process

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
 from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
-from grao_pipe.remote import local_input
-from grao_pipe.scoring.base import Messages, ScoreResult
+from grao_pipe.scoring.base import ScoreInput, ScoreResult
+
+if TYPE_CHECKING:
+    from grao_pipe.scoring import ScorerFiles
 
 CRITERIA = {
     "helpful": "Which text is the more helpful reply to the context: accurate, relevant, complete and clear?",
@@ -46,15 +51,8 @@ def parse_verdict(answer: str) -> int | None:
 _ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
-def as_turns(messages: Messages) -> list[tuple[str, str]]:
-    """(role, content) pairs from stored ({"role", "content"} dicts) or loaded (pairs) messages."""
-    if messages is None:
-        return []
-    return [(m["role"], m["content"]) if isinstance(m, Mapping) else (m[0], m[1]) for m in messages]
-
-
-def dialogue_text(prompt: str | None, messages: Messages = None) -> str:
-    """A prompt as plain turns for a judge's [Context] or a template-less reward model:
+def dialogue_text(turns: list[tuple[str, str]]) -> str:
+    """A dialogue as plain turns for a judge's [Context] (or a template-less reward model):
 
         System: ...        (only when the dialogue has a non-empty system turn)
 
@@ -63,17 +61,16 @@ def dialogue_text(prompt: str | None, messages: Messages = None) -> str:
         Assistant: ...
 
     Chat prompts come from their messages, never from a rendering with some model's chat
-    template (its control tokens would be read as text); a plain-text prompt is itself."""
-    turns = [(r, c) for r, c in as_turns(messages) if not (r == "system" and not c.strip())]
-    if not turns:
-        return (prompt or "").strip()
-    return "\n\n".join(f"{_ROLE_NAMES.get(r, r.capitalize())}: {c.strip()}" for r, c in turns)
+    template (its control tokens would be read as text, and the judge would continue it)."""
+    kept = [(r, c) for r, c in turns if not (r == "system" and not c.strip())]
+    if len(kept) == 1 and kept[0][0] == "user":
+        return kept[0][1].strip()  # a plain-text prompt is itself
+    return "\n\n".join(f"{_ROLE_NAMES.get(r, r.capitalize())}: {c.strip()}" for r, c in kept)
 
 
-def load_template(path: str | None) -> str:
-    if path is None:
+def load_template(p: Path | None) -> str:
+    if p is None:
         return (resources.files("grao_pipe") / "data" / "judge_template.txt").read_text()
-    p = local_input(path)
     if not p.is_file():
         raise ConfigError(f"score.scorers[judge].template: file {p} does not exist")
     text = p.read_text()
@@ -84,22 +81,23 @@ def load_template(path: str | None) -> str:
 
 
 class Judge:
-    def __init__(self, cfg: JudgeScorer):
+    def __init__(self, cfg: JudgeScorer, files: ScorerFiles):
         self.cfg = cfg
         self.name = cfg.name
-        self.template = load_template(cfg.template)
+        self.template = load_template(files.template)
         self.criterion = CRITERIA.get(cfg.criterion, cfg.criterion)
         if cfg.backend == "openai":
             if not cfg.base_url:
                 raise ConfigError(f"score.scorers[{cfg.name}].base_url is required for the openai backend")
-            from grao_pipe.openai_client import OpenAIClient
+            from grao_pipe.openai_client import OpenAIEndpoint
 
-            self._client = OpenAIClient(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
-                                        max_retries=cfg.max_retries, concurrency=cfg.concurrency)
+            self._client = OpenAIEndpoint(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
+                                          max_retries=cfg.max_retries, concurrency=cfg.concurrency)
         else:
             from grao_pipe.scoring.local_lm import LocalChat
 
-            self._local = LocalChat(cfg.model, max_new_tokens=cfg.max_tokens)
+            assert files.model is not None
+            self._local = LocalChat(files.model, max_new_tokens=cfg.max_tokens)
 
     def prompt(self, context: str, text1: str, text2: str) -> str:
         return self.template.format(context=context, text1=text1, text2=text2, criterion=self.criterion)
@@ -110,13 +108,12 @@ class Judge:
 
             bodies = [{"model": self.cfg.model, "messages": [{"role": "user", "content": p}],
                        "max_tokens": self.cfg.max_tokens, "temperature": 0.0, "seed": 0} for p in prompts]
-            return [message_text(r) for r in self._client.chat_many(bodies)]
+            return [message_text(r) for r in self._client.map(self._client.chat, bodies)]
         return self._local.complete(prompts)
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str],
-              messages: Sequence[Messages] | None = None) -> ScoreResult:
-        dialogues = messages if messages is not None else [None] * len(prompts)
-        contexts = [dialogue_text(p, m) for p, m in zip(prompts, dialogues, strict=True)]
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        contexts = [dialogue_text(d) for d in rows.dialogues()]
+        responses, references = rows.response.to_pylist(), rows.reference.to_pylist()
         forward = [parse_verdict(a) for a in self._ask(
             [self.prompt(q, o, y) for q, o, y in zip(contexts, responses, references, strict=True)])]
         if self.cfg.both_orders:
@@ -127,4 +124,4 @@ class Judge:
         else:
             values = [None if a is None else float(a) for a in forward]
             unparseable = sum(v is None for v in forward)
-        return ScoreResult(values, unparseable=unparseable)
+        return ScoreResult(pa.array(values, pa.float64()), unparseable=unparseable)

@@ -1,8 +1,5 @@
 """Scalar reward model: a transformers sequence classifier r(q, text); R(o, y) = r(q, o) - r(q, y).
 
-r reads the prompt's dialogue and the answer in the reward model's own chat template (the
-answer as the assistant turn), never the policy's rendering of the prompt.
-
 Batches are formed by length (sorted), each sequence is right-padded and read at its own last
 token, so a sequence's score does not depend on which batch it landed in.
 """
@@ -10,44 +7,26 @@ token, so a sequence's score does not depend on which batch it landed in.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
 
 from grao_pipe.config import RewardModelScorer
-from grao_pipe.errors import InputError
-from grao_pipe.remote import local_input
-from grao_pipe.scoring.base import Messages, ScoreResult
-from grao_pipe.scoring.judge import as_turns, dialogue_text
+from grao_pipe.scoring.base import ScoreInput, ScoreResult
 
 
 class RewardModel:
-    def __init__(self, cfg: RewardModelScorer):
+    def __init__(self, cfg: RewardModelScorer, path: Path):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from grao_pipe._quiet import quiet_transformers
+        from grao_pipe import hf
 
-        quiet_transformers()
-        path = local_input(cfg.path)
-        if not (path / "config.json").is_file():
-            raise InputError(f"score.scorers[{cfg.name}].path: {cfg.path} is not a Hugging Face model directory")
+        purpose = f"score.scorers[{cfg.name}] (reward model)"
         self.cfg = cfg
         self.name = cfg.name
         self._torch = torch
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-    def conversation_text(self, prompt: str, messages: Messages, response: str) -> tuple[str, bool]:
-        """The text r reads for ``response`` to a prompt, and whether the tokenizer should add its
-        special tokens: the reward model's own chat template over the dialogue plus the response
-        as the assistant turn when it has one (a plain-text prompt is one user turn); otherwise
-        the dialogue as plain turns followed by the response (never the policy's rendering)."""
-        if self.tok.chat_template:
-            turns = as_turns(messages) or [("user", prompt)]
-            conv = [{"role": r, "content": c} for r, c in turns] + [{"role": "assistant", "content": response}]
-            return str(self.tok.apply_chat_template(conv, tokenize=False)), False
-        if messages:
-            return f"{dialogue_text(prompt, messages)}\n\nAssistant: {response}", True
-        return prompt + response, True
+        self.tok = hf.load_tokenizer(path, purpose=purpose)
+        self.model = hf.load_model(path, kind="sequence_classifier", purpose=purpose)
 
     def rewards(self, texts: list[str], add_special_tokens: bool | list[bool] = True) -> list[float]:
         """r(text) for each text, batched by length. Texts rendered with a chat template already
@@ -56,17 +35,13 @@ class RewardModel:
         special = add_special_tokens if isinstance(add_special_tokens, list) else [add_special_tokens] * len(texts)
         ids = [self.tok(t, add_special_tokens=a, truncation=True, max_length=self.cfg.max_length)["input_ids"]
                for t, a in zip(texts, special, strict=True)]
+        from grao_pipe import hf
+
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out = [0.0] * len(ids)
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         for b in range(0, len(order), self.cfg.batch_size):
             idx = order[b : b + self.cfg.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            x = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(idx), width, dtype=torch.long)
-            for r, i in enumerate(idx):
-                x[r, : len(ids[i])] = torch.tensor(ids[i])
-                mask[r, : len(ids[i])] = 1
+            x, mask = (t.to(self.model.device) for t in hf.pad([ids[i] for i in idx], self.tok.pad_token_id))
             with torch.no_grad():
                 # Read the score at each sequence's own last token (not via pad-token search,
                 # which breaks when pad == eos appears in the text).
@@ -78,16 +53,29 @@ class RewardModel:
                 out[i] = scores[r]
         return out
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str],
-              messages: Sequence[Messages] | None = None) -> ScoreResult:
-        dialogues = messages if messages is not None else [None] * len(prompts)
-        samples = [self.conversation_text(p, m, o) for p, m, o in zip(prompts, dialogues, responses, strict=True)]
-        refs = [self.conversation_text(p, m, y) for p, m, y in zip(prompts, dialogues, references, strict=True)]
+    def conversation(self, turns: list[tuple[str, str]], response: str) -> tuple[str, bool]:
+        """The text r reads for ``response``, and whether the tokenizer adds its special tokens:
+        the reward model's own chat template over the dialogue plus the response as the
+        assistant turn when it has one; otherwise the dialogue as plain turns, then the response
+        (never the policy's rendering of the prompt)."""
+        if self.tok.chat_template:
+            conv = [{"role": r, "content": c} for r, c in turns] + [{"role": "assistant", "content": response}]
+            return str(self.tok.apply_chat_template(conv, tokenize=False)), False
+        from grao_pipe.scoring.judge import dialogue_text
+
+        if len(turns) == 1 and turns[0][0] == "user":
+            return turns[0][1] + response, True  # a plain-text prompt, continued
+        return f"{dialogue_text(turns)}\n\nAssistant: {response}", True
+
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        dialogues = rows.dialogues()
+        samples = [self.conversation(d, o) for d, o in zip(dialogues, rows.response.to_pylist(), strict=True)]
+        refs = [self.conversation(d, y) for d, y in zip(dialogues, rows.reference.to_pylist(), strict=True)]
         # r(q, y) is computed once per group, not once per sample.
         uniq = list(dict.fromkeys(refs))
         todo = samples + uniq
         r = self.rewards([t for t, _ in todo], [a for _, a in todo])
-        n = len(prompts)
+        n = len(rows)
         r_ref = dict(zip(uniq, r[n:], strict=True))
         squash = math.tanh if self.cfg.squash == "tanh" else (lambda v: v)
-        return ScoreResult([squash(r[i] - r_ref[refs[i]]) for i in range(n)])
+        return ScoreResult(pa.array([squash(r[i] - r_ref[refs[i]]) for i in range(n)], pa.float64()))

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from grao_pipe.config import PipelineConfig, TrainConfig
+from grao_pipe.config import TrainConfig, keyed
 from grao_pipe.errors import ConfigError, InputError, StageFailed
-from grao_pipe.models import policy_digest
-from grao_pipe.remote import ensure_local, is_url
-from grao_pipe.stages.common import (
-    Outcome,
-    StageRef,
-    Timer,
-    prepare,
-    require,
-    score_ref,
-    stage_lock,
-    train_ref,
-)
-from grao_pipe.store import digest, member, write_manifest
+from grao_pipe.extras import require
+from grao_pipe.faults import kill_point
+from grao_pipe.hashing import digest
+from grao_pipe.learner.spec import LearnerSpec
+from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
+from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+
+if TYPE_CHECKING:
+    from grao_pipe.pipeline import Pipeline
 
 
 def read_metrics(directory: Path) -> list[dict]:
@@ -72,72 +68,136 @@ def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str
     return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
 
 
-def check_tensorboard(cfg: TrainConfig) -> None:
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard")
+def _die_with_parent() -> None:
+    """In torchrun's process, before exec: it (and, through the worker's own signal, the
+    learners) die when this grao-pipe process does."""
+    from grao_pipe.learner.worker import die_with_parent
+
+    die_with_parent()
 
 
-def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    if cfg.train.nnodes > 1 and is_url(cfg.workdir):
-        raise ConfigError("train.nnodes > 1 needs a workdir every node shares (a shared filesystem); "
-                          f"{cfg.workdir} is mirrored per machine. Train on one node, or mount the storage")
-    ref = train_ref(cfg, round_)
-    # Nodes of one multi-node run share the output directory: one lock per node, not per stage.
-    with stage_lock(ref, f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""):
-        return _run(cfg, round_, force, ref)
+def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
+    """The first failing rank's exception, else the log's last line (e.g. a rank killed by the OS)."""
+    errors = sorted(spec.errors_dir.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    if errors:
+        e = json.loads(errors[0].read_text())
+        return f"rank {e['rank']}: {e['type']}: {e['message']}"
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
+    return f"the learner exited without an error report ({lines[-1].strip() if lines else 'empty log'})"
 
 
-def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
-    sc_ref = score_ref(cfg, round_)
-    sc = require(sc_ref, "train")
-    lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
-    cached = prepare(ref, force and lead)
-    if cached is not None:
-        return Outcome(ref, True, cached)
-    timer = Timer()
-    check_tensorboard(cfg.train)
-    check_columns(cfg.train, [member(sc_ref.directory, s["name"]) for s in sc.shards])
-    # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the worker
-    # does that), a half-written export is redone.
-    if lead:
-        shutil.rmtree(ref.directory / "model", ignore_errors=True)
-    hashed_train = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))
-    spec = {
-        "train": cfg.train.model_dump(),
-        "model_dir": str(ensure_local(Path(ref.inputs["_model_dir"]))),
-        "shards": [[str(member(sc_ref.directory, s["name"])), s["sha256"]] for s in sc.shards],
-        "output_dir": str(ref.directory),
-        # What a checkpoint must have been trained on to be resumed from.
-        "spec_digest": digest({"train": hashed_train, "model": ref.inputs["model"],
-                               "shards": [s["sha256"] for s in sc.shards]}),
-    }
-    suffix = f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""
-    spec_path = ref.directory / f"spec{suffix}.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    cmd = torchrun_command(cfg.train, spec_path, ref.key[:16])
-    log_path = ref.directory / f"train{suffix}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode != 0 or not (ref.directory / "model" / "config.json").is_file():
-        tail = "\n".join(log_path.read_text().splitlines()[-15:])
-        raise StageFailed(f"train (round {round_}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
-    if not lead:  # node 0 writes the manifest once every node's learner has finished
-        return Outcome(ref, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
-    shutil.rmtree(ref.directory / "cache", ignore_errors=True)  # derived copy of score's shards
-    metrics = read_metrics(ref.directory)
-    terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
-    stats = {
-        "steps": len(metrics),
-        "load": json.loads((ref.directory / "load_stats.json").read_text()),
-        "groups_seen": sum(m["groups"] for m in metrics),
-        "real_tokens": sum(m["real_tokens"] for m in metrics),
-        "mean": {k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
-        "final": {k: metrics[-1][k] for k in terms} if metrics else {},
-        "seconds": round(timer.seconds, 3),
-    }
-    manifest = write_manifest(ref.directory, stage="train", key=ref.key, config=ref.config,
-                              inputs={**ref.inputs, "round": round_},
-                              shards=[{"name": "model", "rows": 0, "sha256": policy_digest(ref.directory / "model")}],
-                              stats=stats)
-    return Outcome(ref, False, manifest, timer.seconds)
+def check_loggers(cfg: TrainConfig) -> None:
+    """Each configured metric logger's package is installed (before torchrun starts)."""
+    for backend in cfg.logging.backends:
+        require(f"train.logging.backends=[{backend}]", backend)
+
+
+class Train(Stage):
+    name = "train"
+    help = "Train the policy on score's shards (torchrun, FSDP2)."
+
+    def target(self, p: Pipeline, round_: int) -> Target:
+        sc = p.target("score", round_).require("train")
+        inputs = {"score": sc.fingerprint, "model": p.policy(round_).digest}
+        return self.make_target(p, round_, keyed(p.cfg.train), inputs)
+
+    # Nodes of one multi-node run share the output directory: one lock per node, not per stage,
+    # and only node 0 owns --force.
+    def lock_suffix(self, p: Pipeline, part: Part) -> str:
+        return f".node{p.cfg.train.node_rank}" if p.cfg.train.nnodes > 1 else ""
+
+    def may_wipe(self, p: Pipeline, part: Part) -> bool:
+        return p.cfg.train.node_rank == 0
+
+    def run(self, p: Pipeline, round_: int = 1, force: bool = False, part: Part = (0, 1)) -> Outcome:
+        if p.cfg.train.nnodes > 1 and p.workdir.mirror is not None:
+            raise ConfigError("train.nnodes > 1 needs a workdir every node shares (a shared filesystem); "
+                              f"{p.cfg.workdir} is mirrored per machine. Train on one node, or mount the storage")
+        return super().run(p, round_, force, part)
+
+    def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
+        cfg = p.cfg
+        timer = Timer()
+        lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
+        out = target.dir.path
+        spec = self._preflight(p, target)
+        # A finished export (model/ is renamed into place whole) needs no learner: a crash came
+        # after it. Otherwise the learner resumes from its newest checkpoint and exports.
+        if not (out / "model" / "config.json").is_file():
+            self._launch(cfg.train, spec, target)
+        if not lead:  # node 0 writes the manifest once every node's learner has finished
+            return Outcome(target, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
+        kill_point("train.exported")
+        metrics = read_metrics(out)
+        terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
+        stats = TrainStats(
+            steps=len(metrics),
+            load=LoadStats.model_validate_json((out / "load_stats.json").read_text()),
+            groups_seen=sum(m["groups"] for m in metrics),
+            real_tokens=sum(m["real_tokens"] for m in metrics),
+            mean={k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
+            final={k: metrics[-1][k] for k in terms} if metrics else {},
+            seconds=round(timer.seconds, 3),
+        )
+        from grao_pipe.models import policy_digest
+
+        model = ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
+        manifest = TrainManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
+                                 shards=[model], stats=stats)
+        target.dir.commit(manifest)
+        # Scratch of a finished stage: the learner's copy of the shards, its resume state.
+        shutil.rmtree(out / "cache", ignore_errors=True)
+        shutil.rmtree(out / "errors", ignore_errors=True)
+        if not cfg.train.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return Outcome(target, False, manifest, timer.seconds)
+
+    def _preflight(self, p: Pipeline, target: Target) -> LearnerSpec:
+        """Everything that can be checked before torchrun starts, as config/input/data errors
+        (exit 2/3/5: a scheduler does not retry them), and the learner's spec."""
+        cfg = p.cfg.train
+        check_loggers(cfg)
+        require("train (the FSDP2 learner)", "torch", "transformers")
+        import torch
+
+        from grao_pipe.learner.data import prepare_cache
+
+        if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+            raise ConfigError("train.attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
+                              "backward on CPU); use train.attn_implementation=sdpa")
+        sc_target = p.target("score", target.round)
+        sc = sc_target.require("train")
+        shards = [sc_target.dir.member(s.name) for s in sc.shards]
+        check_columns(cfg, shards)
+        out = target.dir.path
+        groups = prepare_cache(list(zip(shards, (s.sha256 for s in sc.shards), strict=True)), out / "cache")
+        world = cfg.nproc * cfg.nnodes
+        if min(cfg.groups_per_step, groups) < world:
+            raise ConfigError(f"train: the score output has {groups} groups with kept rows, which cannot feed "
+                              f"{world} ranks (train.nproc x train.nnodes); lower train.nproc or score more prompts")
+        policy = p.policy(target.round)
+        return LearnerSpec(
+            train=cfg, model_dir=policy.local_dir(), shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
+            cache_dir=out / "cache", output_dir=out, run_id=target.key[:16],
+            spec_digest=digest({"train": keyed(cfg), "model": policy.digest, "shards": [s.sha256 for s in sc.shards]}))
+
+    def _launch(self, cfg: TrainConfig, spec: LearnerSpec, target: Target) -> None:
+        """torchrun, dying with this process; a failure is reported with the learner's own error."""
+        out = target.dir.path
+        suffix = f".node{cfg.node_rank}" if cfg.nnodes > 1 else ""
+        spec_path = out / f"spec{suffix}.json"
+        spec.write(spec_path)
+        shutil.rmtree(spec.errors_dir, ignore_errors=True)
+        log_path = out / f"train{suffix}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0))}
+        with open(log_path, "w") as log:
+            proc = subprocess.run(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent)
+        if proc.returncode != 0 or not (out / "model" / "config.json").is_file():
+            raise StageFailed(f"train (round {target.round}) failed: {_root_cause(spec, log_path)}; "
+                              f"full log: {log_path}")
+
+    def size(self, m: object) -> str:
+        assert isinstance(m, TrainManifest)
+        return f"{m.stats.steps} steps"
