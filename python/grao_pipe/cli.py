@@ -295,5 +295,33 @@ def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt:
     _guard(go)
 
 
+@main.group("models")
+def models_group() -> None:
+    """Bring models into the pipeline's format (Hugging Face directories)."""
+
+
+@models_group.command("import")
+@click.argument("gguf_file")
+@click.option("--out", "out_root", default="models", show_default=True,
+              help="Directory under which the content-addressed import is created.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Weights' dtype: fp32 keeps the de-quantized values exactly, bf16 halves the size.")
+def models_import(gguf_file: str, out_root: str, dtype: str) -> None:
+    """Import a GGUF file (or pkg:MODULE/FILE) as a Hugging Face model directory; print its path.
+
+    The same file and dtype always give the same directory, built once."""
+
+    def go() -> None:
+        from grao_pipe.models.gguf import import_gguf
+        from grao_pipe.models.resolve import resolve_model_file
+
+        t0 = time.perf_counter()
+        out = import_gguf(resolve_model_file(gguf_file), Path(out_root), dtype)  # type: ignore[arg-type]
+        console.print(f"{gguf_file}: {dtype} import ready in {time.perf_counter() - t0:.1f}s", markup=False)
+        click.echo(str(out))
+
+    _guard(go)
+
+
 if __name__ == "__main__":
     main()

