@@ -75,9 +75,17 @@ class Pipeline:
         return scoring.scorer_files(scorer, self.input)
 
     def model_at(self, location: str) -> Policy:
-        """A model directory named in the config (path or URL)."""
+        """A model named in the config: a directory (path or URL), or a GGUF file (path, URL or
+        ``pkg:MODULE/FILE``), imported on first load under the workdir's ``models/``."""
         from grao_pipe.models import policy_digest
+        from grao_pipe.models.resolve import gguf_digest, gguf_file
 
+        gguf = gguf_file(location, self.input)
+        if gguf is not None:
+            from grao_pipe.models.gguf import import_gguf
+
+            dtype = self.cfg.model.gguf_dtype
+            return Policy(gguf_digest(gguf, dtype), lambda: import_gguf(gguf, self.workdir.scratch("models"), dtype))
         model_dir = self.input(location)
         return Policy(policy_digest(model_dir), lambda: model_dir)
 

@@ -68,7 +68,7 @@ def test_same_bytes_same_directory_built_once(imported, tmp_path):
 def test_system_prompt_keep_replace_none_with_the_smollm2_template(imported, tmp_path):
     from grao_pipe.config import DataConfig
     from grao_pipe.generation.tokenizer import PolicyTokenizer
-    from grao_pipe.prompts import load_prompts
+    from grao_pipe.prompts import load_prompt_set
 
     _, out = imported
     tok = PolicyTokenizer(out)
@@ -77,7 +77,7 @@ def test_system_prompt_keep_replace_none_with_the_smollm2_template(imported, tmp
     default = "You are a helpful AI assistant named SmolLM"
 
     def rendered(**data):
-        (p,) = load_prompts(DataConfig(prompts=str(path), **data))
+        (p,) = load_prompt_set(path, DataConfig(prompts=str(path), **data)).prompts
         return tok.render(p)
 
     assert default in rendered()

@@ -9,9 +9,15 @@ from importlib import resources
 import pytest
 
 from grao_pipe.config import DataConfig
-from grao_pipe.prompts import load_prompts
+from grao_pipe.prompts import load_prompt_set
+from grao_pipe.storage import local_input
 from grao_pipe.tasks import capitals
 from grao_pipe.tasks.capitals import country_of, right, score
+
+
+def load_prompts(cfg: DataConfig):
+    return load_prompt_set(local_input(cfg.prompts), cfg).prompts
+
 
 CHATML = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat is the capital of {c}?<|im_end|>\n"
           "<|im_start|>assistant\n")

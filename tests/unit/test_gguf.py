@@ -158,8 +158,8 @@ def test_unsupported_architecture_is_named(tmp_path):
 def test_missing_gguf_package_says_what_to_install(tmp_path, monkeypatch):
     path = _metadata_only_gguf(tmp_path / "m.gguf", "llama")
     real = importlib.util.find_spec
-    monkeypatch.setattr(gguf_mod.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(ConfigError, match="pip install gguf"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the \[gguf\] extra .*pip install 'grao-pipe\[gguf\]'"):
         import_gguf(path, tmp_path / "models")
 
 

@@ -11,7 +11,6 @@ workers and re-runs share it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from grao_pipe.errors import ConfigError, InputError
-from grao_pipe.store import content_sha256, digest
+from grao_pipe.hashing import digest
+from grao_pipe.storage import content_sha256
 
 GgufDtype = Literal["fp32", "bf16"]
 DTYPES: tuple[GgufDtype, ...] = ("fp32", "bf16")
@@ -32,9 +32,9 @@ _NOT_CAUSAL = {"t5", "t5encoder", "umt5", "general", "tokenizer"}
 
 
 def require_gguf_package() -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise ConfigError("reading GGUF files needs the 'gguf' package: pip install gguf "
-                          "(or install grao-pipe with its 'gguf' extra)")
+    from grao_pipe.extras import require
+
+    require("a .gguf model (model.path, grao-pipe models import)", "gguf", "torch", "transformers")
 
 
 def check_gguf_file(path: Path) -> None:
@@ -116,9 +116,9 @@ def _convert(path: Path, out: Path, dtype: GgufDtype) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
+    quiet()
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     folder, name = str(path.parent), path.name
     try:

