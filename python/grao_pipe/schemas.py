@@ -40,6 +40,7 @@ GENERATE_FIELDS: list[pa.Field] = [
     pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),
     pa.field("response_token_ids", pa.list_(pa.int32()), nullable=False),
     pa.field("reference_token_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),  # `rejected` + EOS; null: none
     pa.field("behaviour_logprobs", pa.list_(pa.float32())),  # null: the backend returned none
     pa.field("finish_reason", pa.string(), nullable=False),  # "stop" | "length"
     pa.field("temperature", pa.float32(), nullable=False),
@@ -60,6 +61,7 @@ SCORE_FIELDS: list[pa.Field] = [
     # Per-token log-probs under the frozen reference model (score.reference_logprobs), else null.
     pa.field("ref_logprobs", pa.list_(pa.float32())),
     pa.field("ref_reference_logprobs", pa.list_(pa.float32())),
+    pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),  # of `rejected`, when present
 ]
 
 

@@ -25,8 +25,8 @@ from grao_pipe.config import TrainConfig
 from grao_pipe.learner import attention, checkpoint
 from grao_pipe.learner.data import Group, GroupStore, collate, micro_batches, pack
 from grao_pipe.learner.fsdp import shard_model
-from grao_pipe.learner.logprobs import CausalLMLogps
-from grao_pipe.learner.objectives import step_loss
+from grao_pipe.learner.logprobs import policy_state_dict
+from grao_pipe.learner.objectives import learner_model, step_loss, uses_rejected
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -77,7 +77,7 @@ def main(spec_path: str) -> None:
     n_params = _n_params(lm)
     # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the LM
     # head and embeddings are unsharded by the root's hooks around the chunked head too.
-    model = CausalLMLogps(lm)
+    model = learner_model(lm, cfg)  # with PPO's value head for objective=ppo
     shard_model(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
@@ -88,7 +88,7 @@ def main(spec_path: str) -> None:
         cache_dir.mkdir(exist_ok=True)
         GroupStore(shards, cache_dir)
     dist.barrier()
-    groups = GroupStore(shards, cache_dir, cfg.max_seq_len, cfg.overlong)
+    groups = GroupStore(shards, cache_dir, cfg.max_seq_len, cfg.overlong, rejected=uses_rejected(cfg))
     step_size = min(cfg.groups_per_step, len(groups))
     if step_size < world:
         raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
@@ -202,7 +202,7 @@ def main(spec_path: str) -> None:
     if rank == 0:
         # Eager attention: the export only holds weights (config.json does not record the kernel).
         export = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="eager")
-        export.load_state_dict(full)
+        export.load_state_dict(policy_state_dict(full))  # learner-only heads stay out
         # Files under 5 GB: object stores copy an upload to its final key in one request, and
         # S3 caps single copies at 5 GiB (grao_pipe.remote).
         export.save_pretrained(out / "model", max_shard_size="4GB")

@@ -68,13 +68,15 @@ def _generate_shard(cfg: PipelineConfig, tok: PolicyTokenizer, sampler: Sampler,
         for r, samples in zip(batch, groups, strict=True):
             p = r.prompt
             gid, ref_ids = group_id(r.text, p.reference), tok.reference_ids(p.reference)
+            rej_ids = tok.reference_ids(p.rejected) if p.rejected is not None else None
             messages = [{"role": role, "content": c} for role, c in p.messages] if p.messages else None
             for i, s in enumerate(samples):
                 row = {
                     "group_id": gid, "sample_idx": i, "prompt_idx": p.index, "prompt": r.text,
                     "prompt_messages": messages, "reference": p.reference, "rejected": p.rejected,
                     "response": s.text, "prompt_token_ids": r.token_ids, "response_token_ids": s.token_ids,
-                    "reference_token_ids": ref_ids, "behaviour_logprobs": s.logprobs,
+                    "reference_token_ids": ref_ids, "reference_rejected_token_ids": rej_ids,
+                    "behaviour_logprobs": s.logprobs,
                     "finish_reason": s.finish_reason, "temperature": gc.temperature, "top_p": gc.top_p,
                     "max_new_tokens": gc.max_new_tokens, "seed": s.seed, "backend": sampler.name,
                     "policy_digest": policy,
