@@ -57,3 +57,32 @@ def test_single_sample_groups_are_degenerate_and_counted(tiny_config):
     generate.run(cfg)
     stats = score.run(cfg).manifest.data["stats"]
     assert stats["single_sample_groups"] == stats["degenerate_groups"] == stats["groups"] == 12
+
+
+def test_rejected_answers_are_tokenized_and_scored_by_the_reference_model(tiny_config):
+    """generate stores the dataset's rejected answer + EOS as token ids; score adds its
+    reference-model log-probs, one per token, the same on every row of a group."""
+    from grao_pipe.generation.tokenizer import PolicyTokenizer
+    from grao_pipe.reference_model import ReferenceModel
+    from grao_pipe.stages.common import base_model_dir
+
+    cfg = load_config(tiny_config(data={"prompts": "builtin:sums_train"}, score={"reference_logprobs": True}))
+    generate.run(cfg)
+    out = score.run(cfg)
+    rows = [r for s in out.manifest.shards for r in pq.read_table(out.ref.directory / s["name"]).to_pylist()]
+    tok = PolicyTokenizer(base_model_dir(cfg))
+    ref_model = ReferenceModel(base_model_dir(cfg))
+    for r in rows:
+        assert r["reference_rejected_token_ids"] == tok.reference_ids(r["rejected"])
+    first = {}
+    for r in rows:
+        first.setdefault(r["group_id"], r)
+        assert r["ref_reference_rejected_logprobs"] == first[r["group_id"]]["ref_reference_rejected_logprobs"]
+    r = rows[0]
+    expected = ref_model.token_logps([r["prompt_token_ids"]], [r["reference_rejected_token_ids"]])[0]
+    assert r["ref_reference_rejected_logprobs"] == pytest.approx(expected, abs=1e-5)
+    # A prompt set without rejected answers: null columns.
+    plain = load_config(tiny_config(score={"reference_logprobs": True}), ["workdir=" + str(out.ref.directory.parent.parent) + "-plain"])
+    generate.run(plain)
+    table = pq.read_table(next(score.run(plain).ref.directory.glob("shard-*.parquet")))
+    assert table["reference_rejected_token_ids"].null_count == table["ref_reference_rejected_logprobs"].null_count == table.num_rows
