@@ -139,8 +139,8 @@ def ppo_token_rewards(score_N: torch.Tensor, kl_NT: torch.Tensor, mask_NT: torch
                       kl_coef: float) -> torch.Tensor:
     """Per-token rewards of RLHF-PPO (Ouyang et al. 2022, Eq. 2; Ziegler et al. 2019):
     r_t = −β_KL·kl_t on every response token, plus the sequence's score R(o, y) on its last
-    token. ``kl_NT`` = log π_old(o_t) − log π_ref(o_t) on the sampled tokens (the per-token
-    estimate of KL(π_old ‖ π_ref)); ``mask_NT`` marks each row's contiguous response tokens."""
+    token. ``kl_NT`` = log π(o_t) − log π_ref(o_t) on the sampled tokens (the per-token estimate
+    of KL(π ‖ π_ref), a constant here); ``mask_NT`` marks each row's contiguous response tokens."""
     mask = mask_NT.to(kl_NT.dtype)
     t = mask.shape[1]
     positions = torch.arange(t, device=mask.device, dtype=kl_NT.dtype)

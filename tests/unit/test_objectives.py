@@ -154,3 +154,15 @@ def test_value_head_is_learner_only():
     state = model.state_dict()
     assert {"value_head.weight", "value_head.bias"} <= set(state)
     Qwen2ForCausalLM(cfg).load_state_dict(policy_state_dict(state))  # strict: exactly the LM's keys
+
+
+def test_ppo_kl_penalty_reads_the_policy_being_trained_not_the_behaviour_policy():
+    """Round 1: the behaviour policy is the reference model. The penalty must still see πθ move."""
+    beh = [[-1.0, -1.0]]
+    grp = _group([[1, 2]], [0.0], behaviour=beh, ref=beh)
+    batch = collate([grp], pad_id=0)
+    table = _table_for(batch)
+    table[0, 1:3] = -0.5  # πθ drifted above π_ref = π_behaviour on both tokens
+    cfg = TrainConfig(objective="ppo", ppo_kl=0.1)
+    _, _, diag = step_loss(TableLogpsValues(table, torch.zeros_like(table)), batch, cfg, CPU)
+    assert diag["ppo_kl"] == pytest.approx(0.5)

@@ -166,8 +166,11 @@ def _ppo(s: _Step, batch: Batch, cfg: TrainConfig) -> StepOut:
     keep = s.valid_N
     tok, beh, mask = s.tok_NT[: s.ns][keep], s.behaviour_NT[: s.ns][keep], s.mask_NT[: s.ns][keep]
     values = s.values_NT[: s.ns][keep]
-    # Per-token KL(π_old ‖ π_ref) estimate on the sampled tokens, folded into the reward.
-    kl_NT = (beh - s.ref_NT[: s.ns][keep]) * mask if cfg.ppo_kl > 0 else torch.zeros_like(tok)
+    # Per-token KL penalty to the reference model, folded into the reward (a constant): log πθ −
+    # log π_ref on the sampled tokens, with πθ the policy being trained (detached), as on-policy
+    # RLHF-PPO computes it at rollout time. The stored behaviour policy is the reference itself
+    # in round 1, so a penalty on it would vanish however far πθ moves.
+    kl_NT = (tok.detach() - s.ref_NT[: s.ns][keep]) * mask if cfg.ppo_kl > 0 else torch.zeros_like(tok)
     rewards_NT = losses.ppo_token_rewards(s.reward_BG.reshape(-1)[keep], kl_NT, mask, cfg.ppo_kl)
     # The critic's values before this update are V_old: GAE and the value clip read them.
     old_values = values.detach()
