@@ -46,7 +46,8 @@ def resolve_prompt_path(spec: str) -> Path:
         name = spec[len(BUILTIN_PREFIX) :]
         path = Path(str(resources.files("grao_pipe") / "data" / f"{name}.jsonl"))
         if not path.is_file():
-            raise InputError(f"data.prompts: no bundled prompt set named {name!r} (available: builtin:arith)")
+            names = sorted(f"builtin:{p.stem}" for p in path.parent.glob("*.jsonl"))
+            raise InputError(f"data.prompts: no bundled prompt set named {name!r} (available: {', '.join(names)})")
         return path
     path = local_input(spec)
     if not path.is_file():
