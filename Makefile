@@ -12,7 +12,7 @@ DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test test-airflow lint fmt bench replicate clean
+.PHONY: setup demo test test-airflow lint fmt bench replicate replicate-quick clean
 
 setup: $(NATIVE)
 
@@ -55,9 +55,13 @@ bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_loader.py
 
-# The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
+# The paper's comparison at small scale on CPU (experiments/replicate.py; docs/replication.md)
 replicate: setup
 	$(BIN)/python experiments/replicate.py
+
+# The same code paths in a few minutes (1 seed, 5 methods, no lr grid): a smoke run, not evidence
+replicate-quick: setup
+	$(BIN)/python experiments/replicate.py --quick
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) target runs
