@@ -132,23 +132,20 @@ def make_config(budget: Budget, model: Path, work: Path, method: Method, lr: flo
 
 def run_one(budget: Budget, model: Path, work: Path, key: str, lr: float, seed: int, split: str, nproc: int) -> Run:
     """Train one (method, lr, seed) for every round (cached stages are skipped), then evaluate."""
-    from grao_pipe.stages import common, evaluate
-    from grao_pipe.stages.run import run as run_pipeline
+    from grao_pipe.manifests import ScoreManifest
+    from grao_pipe.pipeline import Pipeline
     from grao_pipe.stages.train import read_metrics
 
-    common.WAIT_FOR_LOCKS["wait"] = True  # parallel jobs share round-1 rollouts
     cfg = make_config(budget, model, work, BY_KEY[key], lr, seed, split, nproc)
+    p = Pipeline(cfg, wait_for_locks=True)  # parallel jobs share round-1 rollouts
     t0 = time.perf_counter()
-    outcomes = run_pipeline(cfg)
+    outcomes = p.run()
     out = Run(key, lr, seed, split, train_seconds=time.perf_counter() - t0)
-    out.round_rewards = [o.manifest.data["stats"]["mean_reward"] for o in outcomes
-                         if o.ref.stage == "score" and o.manifest]
-    out.terms = [{k: v for k, v in m.items() if k.startswith("loss")} for o in outcomes if o.ref.stage == "train"
-                 for m in read_metrics(o.ref.directory)]
-    ev = evaluate.run(cfg)
-    if "path" not in ev:  # a cached eval does not say where it is: redo it (seconds)
-        ev = evaluate.run(cfg, force=True)
-    rows = [json.loads(line) for line in (Path(ev["path"]).parent / "answers.jsonl").read_text().splitlines()]
+    out.round_rewards = [o.manifest.stats.mean_reward for o in outcomes if isinstance(o.manifest, ScoreManifest)]
+    out.terms = [{k: v for k, v in m.items() if k.startswith("loss")} for o in outcomes if o.target.stage == "train"
+                 for m in read_metrics(o.target.dir.path)]
+    ev = p.run_stage("eval", budget.rounds)
+    rows = [json.loads(line) for line in (ev.target.dir.path / "answers.jsonl").read_text().splitlines()]
     out.prompts = [r["prompt"] for r in rows]
     out.answers, out.base_answers = [r["model"] for r in rows], [r["base"] for r in rows]
     out.r_post, out.r_pre = [r["r_model"] for r in rows], [r["r_base"] for r in rows]
@@ -173,11 +170,11 @@ def run_all(budget: Budget, out: Path, models: Path, jobs: int, grid_ablations: 
         for seed in sorted({t[2] for t in tasks}):
             for mode in sorted({("score.advantage.mode=samples_only" in BY_KEY[t[0]].overrides) for t in tasks}):
                 key = "grao_samples_only" if mode else "grao"
-                cfg = make_config(budget, model, work, BY_KEY[key], 1e-4, seed, "test", nproc)
-                from grao_pipe.stages import generate, score
+                from grao_pipe.pipeline import Pipeline
 
-                generate.run(cfg)
-                score.run(cfg)
+                p = Pipeline(make_config(budget, model, work, BY_KEY[key], 1e-4, seed, "test", nproc))
+                p.run_stage("generate")
+                p.run_stage("score")
         if jobs <= 1:
             return [run_one(budget, model, work, *t, nproc) for t in tasks]
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

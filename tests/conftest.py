@@ -56,9 +56,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """The embedded tiny model (with a chat template), built once per test session."""
     from grao_pipe.config import DataConfig, TinyModelConfig
     from grao_pipe.models.tiny import build_tiny_model
-    from grao_pipe.prompts import load_prompts
+    from grao_pipe.prompts import load_prompt_set
+    from grao_pipe.storage import local_input
 
-    corpus = [t for p in load_prompts(DataConfig()) for t in (p.text or "", p.reference)]
+    data = DataConfig()
+    corpus = [t for p in load_prompt_set(local_input(data.prompts), data).prompts for t in (p.text or "", p.reference)]
     return build_tiny_model(TinyModelConfig(), corpus, tmp_path_factory.mktemp("models"))
 
 

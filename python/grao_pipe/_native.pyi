@@ -1,5 +1,6 @@
 """Type stub of the Rust extension (rust/src/python.rs)."""
 
+from collections.abc import Iterable
 from typing import Any, TypedDict
 
 class ArrowArray:
@@ -28,3 +29,34 @@ def group_advantages(
 ) -> AdvantageOutput: ...
 def pack_bfd(lengths: Any, budget: int) -> tuple[ArrowArray, int]: ...
 def pack_groups_bfd(lengths: Any, group_ids: Any, budget: int) -> tuple[ArrowArray, int]: ...
+
+class NdArray:
+    """A C-contiguous int64/float32 array allocated by the extension; ``numpy.asarray(x)``
+    views it without a copy (``__array_interface__``)."""
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]: ...
+    def __len__(self) -> int: ...
+
+class MicroBatcher:
+    """The learner's micro-batches from tables of score rows (see rust/src/python.rs)."""
+
+    def __init__(
+        self,
+        tables: Iterable[Any],
+        *,
+        max_seq_len: int | None = None,
+        overlong: str = "truncate",
+        names: list[str] | None = None,
+        rejected: bool = False,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def build(
+        self,
+        spans: Any,
+        *,
+        pad_id: int,
+        micro_batch_tokens: int = 0,
+        pack_tokens: int = 0,
+        fit_rows: bool = True,
+    ) -> dict[str, Any]: ...

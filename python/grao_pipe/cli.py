@@ -1,4 +1,8 @@
-"""``grao-pipe``: a thin CLI. Parse, load the typed config, call the stage, map errors to exit codes."""
+"""``grao-pipe``: a thin CLI. Parse, load the typed config, call the stage, map errors to exit codes.
+
+One verb per stage of the registry (``grao_pipe.stages.STAGES``), plus ``run``, ``status`` and
+``datasets``. Heavy engines are imported by the stage that needs them, never here.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,15 @@ from rich.console import Console
 
 from grao_pipe import __version__
 from grao_pipe.errors import FULL_ERRNOS, GraoError, storage_full
-from grao_pipe.remote import display, local_workdir, publish
 
 if TYPE_CHECKING:
-    from grao_pipe.stages.common import Outcome
+    from grao_pipe.pipeline import Pipeline
+    from grao_pipe.stages.base import Outcome, Stage
 
 console = Console(stderr=True, soft_wrap=True)
 # The report goes to stdout; a fixed width keeps it readable when piped to a log.
 report_console = Console(width=160)
-
-EXIT_OK = 0
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 _config_opt = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
                            help="YAML config (see pipelines/demo.yaml).")
@@ -33,14 +36,13 @@ _force = click.option("--force", is_flag=True, help="Redo the stage even if its 
 _cached_exit = click.option("--cached-exit-code", type=int, default=0, show_default=True,
                             envvar="GRAO_PIPE_CACHED_EXIT_CODE",
                             help="Exit code when the output was cached (99 makes Airflow skip the task).")
-_round = click.option("--round", "round_", type=int, default=1, show_default=True,
-                      help="Which round (rounds > 1 sample from the previous round's model).")
 
 
-def _load(config_path: str | None, overrides: tuple[str, ...]):
+def _pipeline(config_path: str | None, overrides: tuple[str, ...]) -> Pipeline:
     from grao_pipe.config import load_config
+    from grao_pipe.pipeline import Pipeline
 
-    return load_config(config_path, overrides)
+    return Pipeline(load_config(config_path, overrides), wait_for_locks=click.get_current_context().find_root().params["wait"])
 
 
 def _guard(fn: Callable[[], Any]) -> None:
@@ -52,28 +54,15 @@ def _guard(fn: Callable[[], Any]) -> None:
         if e.errno not in FULL_ERRNOS:
             raise
         _fail(storage_full(e, e.filename or "an output file"))
+    except KeyboardInterrupt:
+        console.print("interrupted: every shard committed so far is kept; run the same command again "
+                      "to resume", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _fail(e: GraoError) -> None:
     console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
-
-
-def _say(o: Outcome) -> None:
-    where = f"{o.ref.stage} round {o.ref.round} ({o.ref.key[:16]})"
-    if o.manifest is None:
-        console.print(f"{where}: {'; '.join(o.notes)}", markup=False)
-        return
-    st = o.manifest.data["stats"]
-    size = f"{st['steps']} steps" if o.ref.stage == "train" else f"{o.manifest.data['rows']} rows"
-    state = "cached, nothing to do" if o.cached else f"done in {o.seconds:.1f}s"
-    console.print(f"{where}: {state} ({size} at {o.ref.directory})", markup=False)
-    if o.ref.stage == "generate" and not o.cached:
-        console.print(
-            f"  {st['prompts']} prompts, {st['samples']} samples; response tokens mean "
-            f"{st['mean_response_tokens']:.1f}, max {st['max_response_tokens']}; truncated responses "
-            f"{st['truncated_responses']}; prompts skipped (too long) {st['prompts_skipped_overlong']}, "
-            f"truncated {st['prompts_truncated']}; rows quarantined {st['quarantined_rows']}", markup=False)
 
 
 def _parse_part(value: str | None) -> tuple[int, int]:
@@ -93,66 +82,62 @@ def main(wait: bool) -> None:
 
     Every verb takes -c CONFIG and key=value overrides (e.g. train.lr=1e-5).
     Exit codes: 0 done or cached, 2 config, 3 input, 4 input stage not finished, 5 corrupt data,
-    6 learner failed, 7 server unreachable, 75 locked by another run (see docs).
+    6 learner failed, 7 server unreachable, 74 disk full, 75 locked by another run, 130
+    interrupted (see docs).
     """
-    if wait:
-        from grao_pipe.stages.common import WAIT_FOR_LOCKS
-
-        WAIT_FOR_LOCKS["wait"] = True
 
 
-@main.command("generate")
-@_config_opt
-@_round
-@_force
-@_cached_exit
-@click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k.")
-@_overrides
-def generate_cmd(config_path: str | None, round_: int, force: bool, cached_exit_code: int, part: str | None,
-                 overrides: tuple[str, ...]) -> None:
-    """Sample G responses per prompt into Parquet shards."""
-    k_n = _parse_part(part)
+def _stage_command(stage: Stage) -> None:
+    def cmd(config_path: str | None, round_: int | None, force: bool, cached_exit_code: int,
+            json_out: str | None, overrides: tuple[str, ...], part: str | None = None) -> None:
+        k_n = _parse_part(part)
 
-    def go() -> None:
-        from grao_pipe.stages import generate
-
-        o = generate.run(_load(config_path, overrides), round_, force, part=k_n)
-        _say(o)
-        if o.cached:
-            sys.exit(cached_exit_code)
-
-    _guard(go)
-
-
-def _stage_command(name: str, doc: str) -> None:
-    @main.command(name, help=doc)
-    @_config_opt
-    @_round
-    @_force
-    @_cached_exit
-    @_overrides
-    def cmd(config_path: str | None, round_: int, force: bool, cached_exit_code: int, overrides: tuple[str, ...]) -> None:
         def go() -> None:
-            from grao_pipe.stages.run import STAGE_RUNNERS
-
-            o = STAGE_RUNNERS[name](_load(config_path, overrides), round_, force)
-            _say(o)
+            p = _pipeline(config_path, overrides)
+            # eval defaults to the model of the last round; every other stage to round 1.
+            r = round_ or (p.cfg.run.rounds if stage.name == "eval" else 1)
+            o = stage.run(p, r, force, k_n)
+            stage.report(o, report_console if stage.name == "eval" else console)
+            if json_out:
+                Path(json_out).write_text(json.dumps(_outcome_json(o), indent=2))
             if o.cached:
                 sys.exit(cached_exit_code)
 
         _guard(go)
 
+    params = [_config_opt, click.option("--round", "round_", type=int, default=None,
+                                        help="Which round (default 1; eval: the last round, run.rounds)."),
+              _force, _cached_exit,
+              click.option("--json-out", type=click.Path(dir_okay=False), default=None,
+                           help="Also write the outcome (key, directory, stats) as JSON."), _overrides]
+    if stage.shardable:
+        params.append(click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k."))
+    for decorate in reversed(params):
+        cmd = decorate(cmd)
+    main.command(stage.name, help=stage.help)(cmd)
 
-_stage_command("score", "Score samples against the references and compute group advantages.")
-_stage_command("train", "Train the policy on score's shards (torchrun, FSDP2).")
+
+def _outcome_json(o: Outcome) -> dict[str, Any]:
+    return {"stage": o.target.stage, "round": o.target.round, "key": o.target.key, "directory": o.target.dir.display,
+            "cached": o.cached, "finished": o.manifest is not None, "seconds": round(o.seconds, 3),
+            "stats": o.manifest.stats.model_dump(mode="json") if o.manifest is not None else None}
+
+
+def _register_stages() -> None:
+    from grao_pipe.stages import STAGES
+
+    for stage in STAGES.values():
+        _stage_command(stage)
+
+
+_register_stages()
 
 
 @main.command("run")
 @_config_opt
 @_force
 @click.option("--report-json", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
-@click.option("--cached-exit-code", type=int, default=0, show_default=True, envvar="GRAO_PIPE_CACHED_EXIT_CODE",
-              help="Exit code when every stage was cached (99 makes Airflow's BashOperator skip the task).")
+@_cached_exit
 @_overrides
 def run_cmd(config_path: str | None, force: bool, report_json: str | None, cached_exit_code: int,
             overrides: tuple[str, ...]) -> None:
@@ -160,16 +145,15 @@ def run_cmd(config_path: str | None, force: bool, report_json: str | None, cache
 
     def go() -> None:
         from grao_pipe.report import print_report
-        from grao_pipe.stages.run import run
+        from grao_pipe.stages import STAGES
 
-        cfg = _load(config_path, overrides)
+        p = _pipeline(config_path, overrides)
         t0 = time.perf_counter()
-        outcomes = run(cfg, force=force, on_outcome=_say)
+        outcomes = p.run(force=force, on_outcome=lambda o: STAGES[o.target.stage].report(o, console))
         summary = print_report(outcomes, report_console)
         console.print(f"total {time.perf_counter() - t0:.1f}s")
         if report_json:
-            with open(report_json, "w") as f:
-                json.dump(summary, f, indent=2)
+            Path(report_json).write_text(json.dumps(summary, indent=2))
         if all(o.cached for o in outcomes):
             sys.exit(cached_exit_code)
 
@@ -185,57 +169,34 @@ def status_cmd(config_path: str | None, overrides: tuple[str, ...]) -> None:
     def go() -> None:
         from rich.table import Table
 
-        from grao_pipe.stages.status import status
-
-        cfg = _load(config_path, overrides)
-        table = Table(title=f"{cfg.name} in {cfg.workdir}")
+        p = _pipeline(config_path, overrides)
+        table = Table(title=f"{p.cfg.name} in {p.cfg.workdir}")
         for col in ("round", "stage", "state", "key", "detail"):
             table.add_column(col)
-        for s in status(cfg):
+        for s in p.status():
             table.add_row(str(s.round), s.stage, s.state, s.key or "-", s.detail)
         report_console.print(table)
 
     _guard(go)
 
 
-
-@main.command("eval")
-@_config_opt
-@_force
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also copy the results here.")
-@_overrides
-def eval_cmd(config_path: str | None, force: bool, json_out: str | None, overrides: tuple[str, ...]) -> None:
-    """RAS and NAG of the trained model vs the base model, with N and 95% intervals."""
-
-    def go() -> None:
-        from rich.table import Table
-
-        from grao_pipe.stages.evaluate import run
-
-        res = run(_load(config_path, overrides), force)
-        table = Table(title=f"eval on {res['n_prompts']} prompts (scorer {res['scorer']}){' (cached)' if res['cached'] else ''}")
-        for col in ("metric", "value", "95% CI", "N"):
-            table.add_column(col, justify="right")
-        for name, group in (("RAS", "ras"), ("RAS (base)", "ras_base"), ("NAG", "nag")):
-            for kind, e in res[group].items():
-                table.add_row(f"{name} {kind}", f"{e['value']:.3f}", f"[{e['low']:.3f}, {e['high']:.3f}]", str(e["n"]))
-        report_console.print(table)
-        if json_out:
-            Path(json_out).write_text(json.dumps(res, indent=2))
-
-    _guard(go)
-
-
 @main.group("datasets")
 def datasets_group() -> None:
-    """Inspect rollout datasets (finished generate / score outputs) under a workdir."""
+    """Rollout datasets (finished generate / score outputs) under a workdir: list, show, verify, export."""
 
 
 _workdir_opt = click.option("--workdir", "-w", default=None, help="Default: the config's workdir.")
 
 
-def _workdir(config_path: str | None, workdir: str | None) -> Path:
-    return local_workdir(workdir or _load(config_path, ()).workdir)
+def _workdir(config_path: str | None, workdir: str | None) -> Any:
+    from grao_pipe.config import load_config
+    from grao_pipe.errors import InputError
+    from grao_pipe.storage import Workdir
+
+    w = Workdir(workdir or load_config(config_path, ()).workdir)
+    if not w.exists():
+        raise InputError(f"workdir {w.location} does not exist (nothing to inspect); check --workdir / the config")
+    return w
 
 
 @datasets_group.command("list")
@@ -253,8 +214,8 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
         for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
             table.add_column(col)
         for d, m in versions(_workdir(config_path, workdir)):
-            inputs = m.data["inputs"]
-            table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.data["rows"]), m.data["created_at"],
+            inputs = m.inputs
+            table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.rows), m.created_at,
                           str((inputs.get("prompts") or {}).get("sha256", "-"))[:12], str(inputs.get("model", "-"))[:12])
         report_console.print(table)
 
@@ -265,22 +226,18 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
 @_config_opt
 @_workdir_opt
 @click.argument("key")
-@click.option("--write", is_flag=True, help="Also save the card as card.json in the dataset directory.")
+@click.option("--write", is_flag=True, help="Also write the dataset card (README.md) into the dataset directory.")
 def datasets_show(config_path: str | None, workdir: str | None, key: str, write: bool) -> None:
     """The rollout card of one dataset version (KEY: a prefix of its key)."""
 
     def go() -> None:
-        from grao_pipe.datasets import card, find
+        from grao_pipe.datasets import card, card_markdown, find
 
         d, m = find(_workdir(config_path, workdir), key)
         c = card(d, m)
-        text = json.dumps(c, indent=2)
-        click.echo(text)
+        click.echo(json.dumps(c, indent=2))
         if write:
-            from grao_pipe.store import atomic_write_bytes
-
-            atomic_write_bytes(d / "card.json", (text + "\n").encode())
-            publish(d / "card.json")  # beside the dataset on a remote workdir too
+            d.write_file("README.md", card_markdown(d, m, c).encode(), publish=True)
 
     _guard(go)
 
@@ -290,24 +247,50 @@ def datasets_show(config_path: str | None, workdir: str | None, key: str, write:
 @_workdir_opt
 @click.argument("key", required=False)
 def datasets_verify(config_path: str | None, workdir: str | None, key: str | None) -> None:
-    """Check every shard's checksum and schema version (all datasets, or KEY). Exit 5 if any fail."""
+    """Check every shard's checksum, schema version and row count (all datasets, or KEY). Exit 5 if any fail."""
 
     def go() -> None:
-        from grao_pipe.datasets import find, versions
-        from grao_pipe.errors import DataError
-        from grao_pipe.store import verify
+        from grao_pipe.datasets import dataset_dirs, find
+        from grao_pipe.errors import DataError, InputError
 
         root = _workdir(config_path, workdir)
-        targets = [find(root, key)] if key else versions(root)
+        targets = [find(root, key)[0]] if key else dataset_dirs(root)
+        if not targets:
+            raise InputError(f"no dataset in {root.location}; nothing to verify")
         bad = 0
-        for d, _ in targets:
-            problems = verify(d)
+        for d in targets:
+            if not key and not d.has_manifest():
+                console.print(f"{d.display}: unfinished (no manifest yet), skipped", markup=False)
+                continue
+            problems = d.verify()
             bad += bool(problems)
-            console.print(f"{display(d)}: {'ok' if not problems else 'FAILED'}", markup=False)
+            console.print(f"{d.display}: {'ok' if not problems else 'FAILED'}", markup=False)
             for p in problems:
                 console.print(f"  {p}", markup=False)
         if bad:
             raise DataError(f"{bad} of {len(targets)} dataset(s) failed verification")
+
+    _guard(go)
+
+
+@datasets_group.command("export")
+@_config_opt
+@_workdir_opt
+@click.argument("key")
+@click.option("--format", "fmt", type=click.Choice(["dataset", "preference", "kto", "prompt-completion"]),
+              default="dataset", show_default=True, help="What to write (see docs/datasets.md).")
+@click.option("--pairs", type=click.Choice(["best-worst", "reference-sample"]), default="best-worst", show_default=True,
+              help="preference: best vs worst sample of a group, or the reference vs each worse sample.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
+def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt: str, pairs: str, out_dir: str) -> None:
+    """Write a dataset version as a `datasets`-loadable directory or in a TRL training format."""
+
+    def go() -> None:
+        from grao_pipe.datasets import export, find
+
+        d, m = find(_workdir(config_path, workdir), key)
+        result = export(d, m, fmt, Path(out_dir), pairs=pairs)
+        console.print(f"{result.rows} rows ({fmt}) written to {out_dir}", markup=False)
 
     _guard(go)
 

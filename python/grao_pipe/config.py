@@ -7,17 +7,53 @@ working directory, like every other path a CLI user types.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grao_pipe.errors import ConfigError
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unkeyed:
+    """Field marker: the value stays out of every cache key.
+
+    ``operational``: it says where or how a run is launched, reached or watched, not what it
+    computes (a server URL, concurrency, the node rank). ``content``: it is a path whose file
+    contents enter the key instead (a model directory, a prompt file), so the same files under
+    another path or URL share the cache, and a file replaced in place changes the key.
+    """
+
+    why: Literal["operational", "content"]
+
+
+Operational = Annotated[T, Unkeyed("operational")]
+ByContent = Annotated[T, Unkeyed("content")]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def unkeyed_fields(cls) -> dict[str, str]:
+        """Field name -> why it is kept out of cache keys."""
+        return {name: m.why for name, f in cls.model_fields.items() for m in f.metadata if isinstance(m, Unkeyed)}
+
+
+def keyed(value: Any) -> Any:
+    """What of a config value enters a cache key: its JSON dump without ``Unkeyed`` fields, at
+    any depth (sections inside sections, scorer lists)."""
+    if isinstance(value, _Section):
+        skip = value.unkeyed_fields()
+        return {name: keyed(getattr(value, name)) for name in type(value).model_fields if name not in skip}
+    if isinstance(value, (tuple, list)):
+        return [keyed(v) for v in value]
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 class TinyModelConfig(_Section):
@@ -34,14 +70,14 @@ class TinyModelConfig(_Section):
 
 class ModelConfig(_Section):
     # A Hugging Face model directory. ``None`` builds the embedded tiny model (cached in workdir).
-    path: str | None = None
+    path: ByContent[str | None] = None
     tiny: TinyModelConfig = TinyModelConfig()
     trust_remote_code: bool = False
 
 
 class DataConfig(_Section):
     # A prompt file (.jsonl, .jsonl.gz, .parquet) or ``builtin:arith`` for the bundled task.
-    prompts: str = "builtin:arith"
+    prompts: ByContent[str] = "builtin:arith"
     # ``generic``: one row per prompt with prompt/messages and reference columns;
     # ``hh``: Anthropic HH-RLHF rows (``chosen``/``rejected`` transcripts); ``auto`` detects.
     format: Literal["auto", "generic", "hh"] = "auto"
@@ -50,18 +86,22 @@ class DataConfig(_Section):
     reference_field: str = "reference"
     rejected_field: str = "rejected"
     limit: int | None = Field(None, gt=0)
+    # Rows that cannot form a (prompt, reference) pair (bad JSON, missing fields, HH dialogues
+    # that differ) are quarantined with their reason; past this share of the rows read, the
+    # prompt set is refused instead (it is more likely the wrong file or the wrong fields).
+    max_quarantine_share: Operational[float] = Field(0.1, ge=0, le=1)
 
 
 class GenerateConfig(_Section):
     backend: Literal["hf", "openai", "vllm"] = "hf"
     # openai: the server's base URL and the model name it serves; token ids are computed with
     # the local tokenizer of ``model.path`` (or the embedded model).
-    base_url: str | None = None
+    base_url: Operational[str | None] = None
     served_model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(16, gt=0)
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    api_key_env: Operational[str] = "OPENAI_API_KEY"
+    concurrency: Operational[int] = Field(16, gt=0)
+    timeout_s: Operational[float] = Field(120.0, gt=0)
+    max_retries: Operational[int] = Field(4, ge=0)
     # vllm
     tensor_parallel_size: int = Field(1, gt=0)
     # Prompts longer than this many tokens (default: the model's context minus max_new_tokens)
@@ -104,15 +144,15 @@ class JudgeScorer(_Section):
     weight: float = 1.0
     backend: Literal["openai", "hf"] = "openai"
     model: str = Field(description="model name at the endpoint, or a local HF directory for 'hf'")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
-    api_key_env: str = "OPENAI_API_KEY"
+    base_url: Operational[str | None] = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    api_key_env: Operational[str] = "OPENAI_API_KEY"
     criterion: str = Field("helpful", description="'helpful', 'harmless', or free text")
-    template: str | None = Field(None, description="a template file replacing the bundled one")
+    template: ByContent[str | None] = Field(None, description="a template file replacing the bundled one")
     both_orders: bool = False
     max_tokens: int = Field(16, gt=0)
-    concurrency: int = Field(8, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    concurrency: Operational[int] = Field(8, gt=0)
+    timeout_s: Operational[float] = Field(60.0, gt=0)
+    max_retries: Operational[int] = Field(4, ge=0)
 
 
 class RewardModelScorer(_Section):
@@ -121,8 +161,8 @@ class RewardModelScorer(_Section):
     kind: Literal["reward_model"] = "reward_model"
     name: str = "rm"
     weight: float = 1.0
-    path: str
-    batch_size: int = Field(16, gt=0)
+    path: ByContent[str]
+    batch_size: Operational[int] = Field(16, gt=0)
     max_length: int = Field(2048, gt=0)
     squash: Literal["none", "tanh"] = "none"
 
@@ -138,7 +178,12 @@ class ScoreConfig(_Section):
     # DPO and GRPO-with-KL baselines (so the learner holds a single model). Default model: the
     # round-1 policy (model.path, or the embedded model).
     reference_logprobs: bool = False
-    reference_model: str | None = None
+    reference_model: ByContent[str | None] = None
+    # A stage whose output carries no learning signal fails (exit 5) instead of feeding the
+    # learner: more invalid rewards (scorer errors, unparseable judge answers) than this share
+    # of the rows, or more degenerate groups (no reward spread) than this share of the groups.
+    max_invalid_share: Operational[float] = Field(0.5, ge=0, le=1)
+    max_degenerate_share: Operational[float] = Field(0.95, ge=0, le=1)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ScoreConfig:
@@ -148,6 +193,17 @@ class ScoreConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"score.scorers: names must be unique, got {names}")
         return self
+
+
+class LoggingConfig(_Section):
+    """Where per-step metrics go besides ``<train dir>/metrics.jsonl`` (always written)."""
+
+    backends: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ()
+    wandb_project: str = "grao-pipe"
+    # offline: the run is written under <train dir>/wandb and uploaded with `wandb sync` later.
+    wandb_mode: Literal["offline", "online"] = "offline"
+    mlflow_uri: str | None = Field(None, description="tracking URI; default: a file store under <train dir>/mlruns")
+    mlflow_experiment: str = "grao-pipe"
 
 
 class TrainConfig(_Section):
@@ -182,7 +238,9 @@ class TrainConfig(_Section):
     # Gradient accumulation by token budget: each rank splits its groups of a step into
     # micro-batches of at most this many tokens (whole groups; 0: one micro-batch).
     micro_batch_tokens: int = Field(0, ge=0)
-    # Pack each rank's sequences into rows of this many tokens (0: right-padded batches).
+    # Pack each micro-batch's sequences into rows of at most max(this, longest sequence)
+    # tokens, as narrow as the packing allows: never more padding than right-padded rows
+    # (0: right-padded batches).
     pack_tokens: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")
     lr: float = Field(1e-6, gt=0)
@@ -199,17 +257,14 @@ class TrainConfig(_Section):
     # flex_attention a block-sparse document mask (needs CUDA: no flex backward on CPU),
     # flash_attention_2/3 position ids only (needs the flash-attn package).
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = "sdpa"
-    tensorboard: bool = False  # rank 0 also writes the per-step metrics to <train dir>/tensorboard
+    logging: Operational[LoggingConfig] = LoggingConfig()  # rank 0 logs each step's metrics
     # Several nodes: each runs `grao-pipe train` with its own node_rank on a shared workdir;
     # rdzv_endpoint (host:port) is node 0's address. nnodes=1: torchrun --standalone.
+    # nnodes stays in the key: it changes the world size, hence the data order per rank.
     nnodes: int = Field(1, gt=0)
-    node_rank: int = Field(0, ge=0)
-    rdzv_endpoint: str | None = None
+    node_rank: Operational[int] = Field(0, ge=0)
+    rdzv_endpoint: Operational[str | None] = None
     seed: int = 0
-
-    # Keys that say where or how a run is launched and watched, not what it computes: kept out
-    # of the train cache key and the checkpoint's spec digest (every node must agree on both).
-    OPERATIONAL: ClassVar[frozenset[str]] = frozenset({"node_rank", "rdzv_endpoint", "tensorboard"})
 
     @model_validator(mode="after")
     def _launch(self) -> TrainConfig:
@@ -223,10 +278,10 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """``grao-pipe eval``: base vs trained model on held-out prompts, judged against references."""
 
-    prompts: str | None = Field(None, description="held-out prompt file; default: data.prompts")
+    prompts: ByContent[str | None] = Field(None, description="held-out prompt file; default: data.prompts")
     limit: int | None = Field(None, gt=0)
-    base_model: str | None = Field(None, description="default: the round-1 policy")
-    model: str | None = Field(None, description="default: the last round's trained model")
+    base_model: ByContent[str | None] = Field(None, description="default: the round-1 policy")
+    model: ByContent[str | None] = Field(None, description="default: the last round's trained model")
     scorer: ScorerConfig | None = Field(None, description="a comparative R(o, y); default: score.scorers[0]")
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int | None = Field(None, gt=0, description="default: generate.max_new_tokens")
@@ -238,6 +293,12 @@ class RunConfig(_Section):
     # ``grao-pipe run`` repeats generate -> score -> train, each round sampling from the last
     # round's checkpoint.
     rounds: int = Field(1, gt=0)
+    # Then ``grao-pipe eval`` of the last round's model against the base (RAS/NAG).
+    eval: bool = False
+
+
+# Objectives whose advantages come from the spread of rewards within a group.
+GROUP_OBJECTIVES = frozenset({"grao", "grpo"})
 
 
 class PipelineConfig(_Section):
@@ -250,6 +311,14 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _groups_need_samples(self) -> PipelineConfig:
+        # Group-relative objectives compare a group's samples: one sample is always degenerate.
+        if self.generate.num_samples < 2 and self.train.objective in GROUP_OBJECTIVES:
+            raise ValueError(f"generate.num_samples={self.generate.num_samples}: train.objective="
+                             f"{self.train.objective} needs at least 2 samples per prompt (G >= 2; the paper uses 8)")
+        return self
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:
@@ -266,12 +335,28 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+_SCORER_KINDS = ("function", "judge", "reward_model")
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """``score.scorers.0.name`` for pydantic's location, which names a discriminated union's
+    variant after the list index (``scorers, 0, 'judge', 'name'``)."""
+    parts = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and p in _SCORER_KINDS)]
+    return ".".join(str(p) for p in parts)
+
+
 def _describe(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key '{key}' (check the spelling; see pipelines/demo.yaml)"
-    return f"{source}: config key '{key}': {first['msg']}"
+    """Every problem of the config at once, one per line, each naming its dotted key."""
+    lines = []
+    for e in err.errors():
+        key = _dotted(e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}' (check the spelling; see pipelines/demo.yaml)")
+        else:
+            lines.append(f"config key '{key}': {e['msg']}")
+    if len(lines) == 1:
+        return f"{source}: {lines[0]}"
+    return f"{source}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -284,7 +369,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -1,74 +1,71 @@
-"""A small client for OpenAI-compatible chat endpoints (vLLM/SGLang servers, hosted APIs):
-bounded concurrency, retries with backoff on 429/5xx/transport errors/garbage, timeouts."""
+"""OpenAI-compatible endpoints (vLLM/SGLang servers, ``transformers serve``, hosted APIs) through
+the ``openai`` SDK: its retries (408/409/429/5xx and connection errors, exponential backoff,
+``Retry-After``), timeouts and typed errors, plus bounded concurrency, and one error per failure
+that says which server and what to do (exit code 7, which schedulers retry)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from grao_pipe.errors import RemoteUnavailable
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 
 class EndpointError(RemoteUnavailable):
-    """The server stayed down or kept answering garbage after all retries."""
+    """The server stayed down, refused the request, or answered something that is not a completion."""
 
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-class OpenAIClient:
+class OpenAIEndpoint:
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
-                 max_retries: int = 4, concurrency: int = 8, backoff_s: float = 0.5):
-        import httpx
+                 max_retries: int = 4, concurrency: int = 8):
+        import openai
 
         self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s,
-                                  limits=httpx.Limits(max_connections=concurrency))
-        self._httpx = httpx
         self.max_retries = max_retries
         self.concurrency = concurrency
-        self.backoff_s = backoff_s
+        # Servers without authentication ignore the key; the SDK insists on one.
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout_s,
+                                     max_retries=max_retries)
+        self._openai = openai
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
-    def chat(self, body: dict[str, Any], path: str = "/chat/completions") -> dict[str, Any]:
-        """POST ``path`` (chat or legacy completions) with retries; returns the parsed JSON."""
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff_s * (2**attempt)
-            try:
-                r = self._http.post(path, json=body)
-                if r.status_code in RETRY_STATUS:
-                    last = f"HTTP {r.status_code}"
-                    wait = max(wait, float(r.headers.get("retry-after", 0) or 0))
-                elif r.status_code >= 400:
-                    raise EndpointError(f"{self.base_url}{path} answered HTTP {r.status_code}: {r.text[:200]}")
-                else:
-                    data = r.json()
-                    if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
-                        return data
-                    last = f"a response without choices: {str(data)[:120]}"
-            except (self._httpx.TransportError, self._httpx.TimeoutException) as e:
-                last = f"{type(e).__name__}: {e}"
-            except ValueError:  # not JSON
-                last = "a response that is not JSON"
-            if attempt < self.max_retries:
-                time.sleep(min(wait, 30.0))
-        raise EndpointError(
-            f"{self.base_url}: no valid answer after {self.max_retries + 1} attempts (last: {last}); "
-            "check that the server is up and OpenAI-compatible"
-        )
+    def _call(self, fn: Callable[..., T], body: dict[str, Any]) -> T:
+        oa = self._openai
+        attempts = f"after {self.max_retries + 1} attempts"
+        try:
+            return fn(**body)
+        except oa.APIStatusError as e:
+            raise EndpointError(f"{self.base_url} answered HTTP {e.status_code} ({attempts} for retryable codes): "
+                                f"{str(e.message)[:200]}; check the model name and the request settings") from None
+        except (oa.APIConnectionError, oa.APITimeoutError) as e:
+            raise EndpointError(f"{self.base_url}: no answer {attempts} ({type(e).__name__}: {e}); check that the "
+                                "server is up and reachable, then re-run (finished shards are kept)") from None
+        except (oa.APIResponseValidationError, ValueError) as e:
+            raise EndpointError(f"{self.base_url} answered something that is not an OpenAI-compatible "
+                                f"completion ({type(e).__name__}: {str(e)[:120]}); check the base URL") from None
 
-    def chat_many(self, bodies: Sequence[dict[str, Any]], path: str = "/chat/completions") -> list[dict[str, Any]]:
-        """Requests in order, at most ``concurrency`` in flight; the first failure is raised."""
+    def chat(self, body: dict[str, Any]) -> Any:
+        """One ``/chat/completions`` request; returns the SDK's ``ChatCompletion``."""
+        return self._call(self._client.chat.completions.create, body)
+
+    def complete(self, body: dict[str, Any]) -> Any:
+        """One legacy ``/completions`` request (plain-text prompts); returns a ``Completion``."""
+        return self._call(self._client.completions.create, body)
+
+    def map(self, fn: Callable[[U], T], items: Sequence[U]) -> list[T]:
+        """``fn`` over ``items`` in order, at most ``concurrency`` in flight; the first failure is raised."""
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda b: self.chat(b, path), bodies))
+            return list(pool.map(fn, items))
 
 
-def message_text(response: dict[str, Any]) -> str:
-    content = response["choices"][0].get("message", {}).get("content")
+def message_text(completion: Any) -> str:
+    """The first choice's message text ('' when the server sent none)."""
+    choices = getattr(completion, "choices", None) or []
+    content = choices[0].message.content if choices and choices[0].message is not None else None
     return content if isinstance(content, str) else ""

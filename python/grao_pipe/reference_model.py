@@ -1,4 +1,8 @@
-"""Per-token log-probs of continuations under a frozen reference model (for DPO and GRPO's KL)."""
+"""Per-token log-probs of continuations under a frozen reference model (for DPO, GRPO's KL, PPO).
+
+The LM head runs through the learner's chunked log-prob head (``learner.logprobs``), scoring
+only the continuation tokens: the full ``[tokens, vocab]`` log-softmax is never materialised.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +10,42 @@ from pathlib import Path
 
 
 class ReferenceModel:
-    def __init__(self, model_dir: Path | str, batch_size: int = 16):
+    def __init__(self, model_dir: Path, batch_size: int = 16, chunk_tokens: int = 4096):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from grao_pipe._quiet import quiet_transformers
+        from grao_pipe import hf
+        from grao_pipe.learner.logprobs import CausalLMLogps
 
-        quiet_transformers()
         self._torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+        model = hf.load_model(model_dir, purpose="score.reference_logprobs (the reference model)",
+                              dtype=torch.float32)
+        self.lm = CausalLMLogps(model).eval()
+        self.device = model.device
         self.batch_size = batch_size
+        self.chunk_tokens = chunk_tokens
 
     def token_logps(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
         """log π_ref(c_t | prompt, c_<t) for every continuation token, batched by length."""
+        from grao_pipe import hf
+
         torch = self._torch
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
         out: list[list[float]] = [[] for _ in prompts]
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            seqs = [prompts[i] + continuations[i] for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros(len(idx), width, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                attn[r, : len(s)] = 1
+            ids, attn = hf.pad([prompts[i] + continuations[i] for i in idx], 0)
+            # Position (r, c) predicts token c + 1: the continuation's tokens are predicted from
+            # positions p-1 .. p+len(c)-2 of each row.
+            rows = torch.cat([torch.full((len(continuations[i]),), r) for r, i in enumerate(idx)])
+            cols = torch.cat([torch.arange(len(prompts[i]) - 1, len(prompts[i]) - 1 + len(continuations[i]))
+                              for i in idx])
             with torch.no_grad():
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits
-                lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None].to(self.device))[..., 0]
-            lp_l = lp.cpu().tolist()
-            for r, i in enumerate(idx):
-                p, c = len(prompts[i]), len(continuations[i])
-                out[i] = lp_l[r][p - 1 : p - 1 + c]
+                lp = self.lm(ids.to(self.device), rows.to(self.device), cols.to(self.device),
+                             attention_mask=attn.to(self.device), chunk_tokens=self.chunk_tokens)
+            flat = lp.cpu().tolist()
+            start = 0
+            for i in idx:
+                n = len(continuations[i])
+                out[i] = flat[start : start + n]
+                start += n
         return out

@@ -8,7 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from grao_pipe.stages.common import Outcome
+from grao_pipe.manifests import EvalManifest, GenerateManifest, ScoreManifest, TrainManifest
+from grao_pipe.stages.base import Outcome
 
 
 def rounds_summary(outcomes: list[Outcome]) -> list[dict[str, Any]]:
@@ -16,17 +17,20 @@ def rounds_summary(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     for o in outcomes:
         if o.manifest is None:
             continue
-        row = by_round.setdefault(o.ref.round, {"round": o.ref.round})
-        stats = o.manifest.data["stats"]
-        if o.ref.stage == "generate":
-            row["samples"] = stats["samples"]
-            row["truncated"] = stats["truncated_responses"]
-        elif o.ref.stage == "score":
-            row["mean_reward"] = stats["mean_reward"]
-            row["degenerate_share"] = stats["degenerate_share"]
-        elif o.ref.stage == "train":
-            row["steps"] = stats["steps"]
-            row.update({f"mean_{k}": v for k, v in stats["mean"].items()})
+        m = o.manifest
+        row = by_round.setdefault(o.target.round, {"round": o.target.round})
+        if isinstance(m, GenerateManifest):
+            row["samples"] = m.stats.samples
+            row["truncated"] = m.stats.truncated_responses
+        elif isinstance(m, ScoreManifest):
+            row["mean_reward"] = m.stats.mean_reward
+            row["degenerate_share"] = m.stats.degenerate_share
+        elif isinstance(m, TrainManifest):
+            row["steps"] = m.stats.steps
+            row.update({f"mean_{k}": v for k, v in m.stats.mean.items()})
+        elif isinstance(m, EvalManifest):
+            row["ras_strict"] = m.stats.ras["strict"].value
+            row["nag_net"] = m.stats.nag["net"].value
     return [by_round[r] for r in sorted(by_round)]
 
 

@@ -1,7 +1,7 @@
-"""The data contract (v1): Arrow schemas, file names and metadata keys.
+"""The data contract (v2): Arrow schemas, file names and metadata keys.
 
 This module is the only place that knows what a stage writes; stages talk through it and
-``grao_pipe.store``. One row per sample; the reference answer travels with its group.
+``grao_pipe.storage``. One row per sample; the reference answer travels with its group.
 """
 
 from __future__ import annotations
@@ -10,20 +10,24 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_VERSION = b"grao_pipe.schema_version"
 META_STAGE = b"grao_pipe.stage"
 
-MANIFEST_NAME = "manifest.json"
+# Sidecars start with "_" so that pyarrow.dataset, Spark, DuckDB and polars read a stage
+# directory as a plain Parquet dataset (they skip "_" and "." files). Older releases wrote the
+# names without "_": still read, and renamed when a stage directory is opened for writing.
+MANIFEST_NAME = "_manifest.json"
+SUCCESS_NAME = "_SUCCESS"  # written after the manifest: the Hadoop/Spark marker of a finished output
+QUARANTINE_NAME = "_quarantine.jsonl"
+LEGACY_NAMES = {"manifest.json": MANIFEST_NAME, "quarantine.jsonl": QUARANTINE_NAME}
 SHARD_SUFFIX = ".parquet"
 
 # Upgrades applied when an older shard is read: MIGRATIONS[v](table, stage) turns a version-v
 # table into version v+1 (add a column with its default, rename, recompute). Each bump of
 # SCHEMA_VERSION adds one entry, so datasets other teams made with older releases stay readable
 # without rewriting them (their checksums, and so every cache key built on them, stay valid).
-# v1 is the first published contract: there is nothing to migrate from yet.
 Migration = Callable[[pa.Table, str], pa.Table]
-MIGRATIONS: dict[int, Migration] = {}
 TMP_PREFIX = ".tmp-"
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -35,12 +39,14 @@ GENERATE_FIELDS: list[pa.Field] = [
     pa.field("prompt", pa.string(), nullable=False),  # text fed to the model (template applied)
     pa.field("prompt_messages", pa.list_(MESSAGE)),  # chat form when the source had one
     pa.field("reference", pa.string(), nullable=False),
-    pa.field("rejected", pa.string()),  # a dataset's rejected answer (DPO), when present
+    # The source dataset's rejected answer for this prompt (HH's "rejected"), when it has one:
+    # not a sample. With its token ids (+ EOS), for DPO on the dataset's pairs.
+    pa.field("reference_rejected", pa.string()),
+    pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),
     pa.field("response", pa.string(), nullable=False),
     pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),
     pa.field("response_token_ids", pa.list_(pa.int32()), nullable=False),
     pa.field("reference_token_ids", pa.list_(pa.int32()), nullable=False),
-    pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),  # `rejected` + EOS; null: none
     pa.field("behaviour_logprobs", pa.list_(pa.float32())),  # null: the backend returned none
     pa.field("finish_reason", pa.string(), nullable=False),  # "stop" | "length"
     pa.field("temperature", pa.float32(), nullable=False),
@@ -61,7 +67,7 @@ SCORE_FIELDS: list[pa.Field] = [
     # Per-token log-probs under the frozen reference model (score.reference_logprobs), else null.
     pa.field("ref_logprobs", pa.list_(pa.float32())),
     pa.field("ref_reference_logprobs", pa.list_(pa.float32())),
-    pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),  # of `rejected`, when present
+    pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),  # of reference_rejected, if any
 ]
 
 
@@ -89,7 +95,25 @@ REWARDS_SCHEMA = _with_meta(REWARDS_FIELDS, "rewards")
 SCHEMAS = {"generate": GENERATE_SCHEMA, "score": SCORE_SCHEMA, "rewards": REWARDS_SCHEMA}
 
 
-QUARANTINE_NAME = "quarantine.jsonl"
+def _v1_to_v2(table: pa.Table, stage: str) -> pa.Table:
+    """v2 renamed ``rejected`` (read by TRL users as a sampled answer) to ``reference_rejected``
+    and added its token ids and (score) its reference-model log-probs (unknown for v1: null)."""
+    if "rejected" not in table.column_names:
+        return table
+    i = table.column_names.index("rejected")
+    table = table.rename_columns([*table.column_names[:i], "reference_rejected", *table.column_names[i + 1:]])
+    table = table.add_column(i + 1, pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),
+                             pa.nulls(table.num_rows, pa.list_(pa.int32())))
+    if stage == "score" and "ref_reference_rejected_logprobs" not in table.column_names:
+        j = table.column_names.index("ref_reference_logprobs") + 1
+        table = table.add_column(j, pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),
+                                 pa.nulls(table.num_rows, pa.list_(pa.float32())))
+    return table
+
+
+# Upgrades of older shards on read, one per version step (see the comment above MESSAGE).
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+
 
 
 def shard_name(index: int, total: int) -> str:

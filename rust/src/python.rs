@@ -7,23 +7,27 @@ use std::sync::OnceLock;
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
-use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::types::{
+    ArrowPrimitiveType, Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
+};
 use arrow_array::{
     make_array, Array, ArrayRef, BooleanArray, Float64Array, GenericStringArray, OffsetSizeTrait,
-    StringViewArray, UInt32Array,
+    StringViewArray, StructArray, UInt32Array,
 };
-use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::DataType;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyDict, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
 
 use crate::advantages::{self, Mode, Params};
 use crate::bitmap::Bitmap;
 use crate::groups::{find_runs, GroupKeys};
 use crate::mem::zeroed_vec;
+use crate::microbatch::{self, Bits, Fit, Lists, Overlong, RowWidth, Shard, Span};
 use crate::packing;
+use crate::pool;
 
 const SCHEMA_CAPSULE: &CStr = c"arrow_schema";
 const ARRAY_CAPSULE: &CStr = c"arrow_array";
@@ -477,12 +481,542 @@ fn pack_groups_bfd<'py>(
     packed(py, result)
 }
 
-/// Rust core of grao-pipe: GRAO group advantages and token-budget packing over Arrow arrays.
+// ---- Micro-batches ----
+
+/// A C-contiguous array in memory Rust allocated. `numpy.asarray(x)` views it without a copy
+/// through `__array_interface__` (then `torch.from_numpy`), and the view keeps `x` alive.
+#[pyclass(name = "NdArray", module = "grao_pipe._native", frozen)]
+struct NdArray {
+    elems: Elems,
+    shape: Vec<usize>,
+}
+
+/// An owned vector, as its raw parts: after it is built, Rust neither reads nor writes the
+/// memory (numpy views may write), it only hands it back to the pool on drop.
+enum Elems {
+    I64(RawVec<i64>),
+    F32(RawVec<f32>),
+}
+
+struct RawVec<T: pool::Pooled> {
+    ptr: *mut T,
+    len: usize,
+    capacity: usize,
+}
+
+impl<T: pool::Pooled> From<Vec<T>> for RawVec<T> {
+    fn from(v: Vec<T>) -> Self {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        RawVec {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            capacity: v.capacity(),
+        }
+    }
+}
+
+impl<T: pool::Pooled> Drop for RawVec<T> {
+    fn drop(&mut self) {
+        // SAFETY: the parts come from a Vec<T> that was never used again (ManuallyDrop), and
+        // this is the only place that rebuilds it.
+        let v = unsafe { Vec::from_raw_parts(self.ptr, self.len, self.capacity) };
+        pool::give(v);
+    }
+}
+
+// SAFETY: a RawVec owns its allocation (nothing else frees it) and Rust code never touches
+// the memory between construction and drop, so moving or sharing the handle is sound.
+unsafe impl<T: pool::Pooled> Send for RawVec<T> {}
+// SAFETY: as for Send: the handle is never used to access the memory from Rust.
+unsafe impl<T: pool::Pooled> Sync for RawVec<T> {}
+
+impl From<Vec<i64>> for Elems {
+    fn from(v: Vec<i64>) -> Self {
+        Elems::I64(v.into())
+    }
+}
+
+impl From<Vec<f32>> for Elems {
+    fn from(v: Vec<f32>) -> Self {
+        Elems::F32(v.into())
+    }
+}
+
+#[pymethods]
+impl NdArray {
+    /// numpy's array interface (version 3): shape, element type and the data pointer.
+    #[getter(__array_interface__)]
+    fn array_interface<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let endian = if cfg!(target_endian = "little") {
+            "<"
+        } else {
+            ">"
+        };
+        let (ptr, typestr) = match &self.elems {
+            Elems::I64(v) => (v.ptr as usize, "i8"),
+            Elems::F32(v) => (v.ptr as usize, "f4"),
+        };
+        let d = PyDict::new(py);
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("typestr", format!("{endian}{typestr}"))?;
+        d.set_item("data", (ptr, false))?;
+        d.set_item("version", 3)?;
+        Ok(d)
+    }
+
+    fn __len__(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    fn __repr__(&self) -> String {
+        let dtype = match self.elems {
+            Elems::I64(_) => "int64",
+            Elems::F32(_) => "float32",
+        };
+        format!("<grao_pipe._native.NdArray {dtype} shape={:?}>", self.shape)
+    }
+}
+
+fn nd<'py>(
+    py: Python<'py>,
+    elems: impl Into<Elems>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, NdArray>> {
+    Bound::new(
+        py,
+        NdArray {
+            elems: elems.into(),
+            shape: shape.to_vec(),
+        },
+    )
+}
+
+/// A list<int32> / list<float32> column of an imported table: shared buffers, no copy.
+struct ListColumn<T: arrow_buffer::ArrowNativeType> {
+    name: &'static str,
+    offsets: OffsetBuffer<i32>,
+    values: ScalarBuffer<T>,
+    nulls: Option<NullBuffer>,
+}
+
+impl<T: arrow_buffer::ArrowNativeType> ListColumn<T> {
+    fn view(&self) -> Lists<'_, T> {
+        Lists {
+            name: self.name,
+            offsets: &self.offsets,
+            values: &self.values,
+            validity: self.nulls.as_ref().map(bits_of),
+        }
+    }
+}
+
+fn bits_of(nulls: &NullBuffer) -> Bits<'_> {
+    Bits {
+        bytes: nulls.inner().values(),
+        offset: nulls.inner().offset(),
+    }
+}
+
+/// The columns of one table of score rows the micro-batches read.
+struct ScoreTable {
+    prompt: ListColumn<i32>,
+    response: ListColumn<i32>,
+    reference: ListColumn<i32>,
+    behaviour: ListColumn<f32>,
+    ref_logprobs: ListColumn<f32>,
+    ref_reference: ListColumn<f32>,
+    advantage: ScalarBuffer<f64>,
+    reference_advantage: ScalarBuffer<f64>,
+    reward: ScalarBuffer<f64>,
+    reward_nulls: Option<NullBuffer>,
+    /// The dataset's rejected answers and their reference log-probs, when they are read.
+    rejected: Option<(ListColumn<i32>, ListColumn<f32>)>,
+}
+
+impl ScoreTable {
+    fn import(obj: &Bound<'_, PyAny>, t: usize, rejected: bool) -> PyResult<Self> {
+        let array = import_array(obj, &format!("tables[{t}]"))?;
+        let Some(table) = array.as_struct_opt() else {
+            return Err(PyTypeError::new_err(format!(
+                "tables[{t}] must be a table of score rows (a pyarrow.RecordBatch or struct \
+                 array), got an Arrow array of type {}",
+                array.data_type()
+            )));
+        };
+        Ok(ScoreTable {
+            prompt: list_column::<Int32Type>(table, t, "prompt_token_ids", false)?,
+            response: list_column::<Int32Type>(table, t, "response_token_ids", false)?,
+            reference: list_column::<Int32Type>(table, t, "reference_token_ids", false)?,
+            behaviour: list_column::<Float32Type>(table, t, "behaviour_logprobs", true)?,
+            ref_logprobs: list_column::<Float32Type>(table, t, "ref_logprobs", true)?,
+            ref_reference: list_column::<Float32Type>(table, t, "ref_reference_logprobs", true)?,
+            advantage: f64_column(table, t, "advantage", false)?.0,
+            reference_advantage: f64_column(table, t, "reference_advantage", false)?.0,
+            reward: f64_column(table, t, "reward", true)?.0,
+            reward_nulls: f64_column(table, t, "reward", true)?.1,
+            rejected: if rejected {
+                Some((
+                    list_column::<Int32Type>(table, t, "reference_rejected_token_ids", true)?,
+                    list_column::<Float32Type>(table, t, "ref_reference_rejected_logprobs", true)?,
+                ))
+            } else {
+                None
+            },
+        })
+    }
+
+    fn view(&self) -> Shard<'_> {
+        Shard {
+            prompt: self.prompt.view(),
+            response: self.response.view(),
+            reference: self.reference.view(),
+            behaviour: self.behaviour.view(),
+            ref_logprobs: self.ref_logprobs.view(),
+            ref_reference: self.ref_reference.view(),
+            advantage: &self.advantage,
+            reference_advantage: &self.reference_advantage,
+            reward: &self.reward,
+            reward_valid: self.reward_nulls.as_ref().map(bits_of),
+            rejected: self.rejected.as_ref().map(|(a, l)| (a.view(), l.view())),
+        }
+    }
+}
+
+fn column<'a>(table: &'a StructArray, t: usize, name: &str) -> PyResult<&'a ArrayRef> {
+    table.column_by_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "tables[{t}] has no column {name:?}; pass the score rows with the learner's \
+             columns (grao_pipe.learner.data.COLUMNS)"
+        ))
+    })
+}
+
+fn no_nulls(array: &dyn Array, t: usize, name: &str) -> PyResult<()> {
+    match first_null(array) {
+        Some(row) => Err(PyValueError::new_err(format!(
+            "tables[{t}].{name} is null at row {row}; the score schema requires a value"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn list_column<P: ArrowPrimitiveType>(
+    table: &StructArray,
+    t: usize,
+    name: &'static str,
+    nullable: bool,
+) -> PyResult<ListColumn<P::Native>> {
+    let array = column(table, t, name)?;
+    let wrong_type = || {
+        PyTypeError::new_err(format!(
+            "tables[{t}].{name} must be list<{}>, got {}; write it with the score schema \
+             (grao_pipe.schemas)",
+            P::DATA_TYPE.to_string().to_lowercase(),
+            array.data_type()
+        ))
+    };
+    let list = array.as_list_opt::<i32>().ok_or_else(wrong_type)?;
+    let values = list
+        .values()
+        .as_primitive_opt::<P>()
+        .ok_or_else(wrong_type)?;
+    if let Some(i) = first_null(values) {
+        return Err(PyValueError::new_err(format!(
+            "tables[{t}].{name} has a null element inside its lists (value {i}); every \
+             token and log-prob needs a value"
+        )));
+    }
+    if !nullable {
+        no_nulls(list, t, name)?;
+    }
+    Ok(ListColumn {
+        name,
+        offsets: list.offsets().clone(),
+        values: values.values().clone(),
+        nulls: list.nulls().filter(|n| n.null_count() > 0).cloned(),
+    })
+}
+
+fn f64_column(
+    table: &StructArray,
+    t: usize,
+    name: &str,
+    nullable: bool,
+) -> PyResult<(ScalarBuffer<f64>, Option<NullBuffer>)> {
+    let array = column(table, t, name)?;
+    let values = array.as_primitive_opt::<Float64Type>().ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "tables[{t}].{name} must be float64, got {}; write it with the score schema \
+             (grao_pipe.schemas)",
+            array.data_type()
+        ))
+    })?;
+    if !nullable {
+        no_nulls(values, t, name)?;
+    }
+    let nulls = values.nulls().filter(|n| n.null_count() > 0).cloned();
+    Ok((values.values().clone(), nulls))
+}
+
+/// One micro-batch, built without the GIL; turned into Python objects afterwards.
+type Built = (microbatch::Padded, Option<microbatch::Packed>);
+
+/// The learner's micro-batches, built from the Arrow buffers of score rows.
+///
+/// tables: a list of pyarrow.RecordBatch (or anything with __arrow_c_array__ giving a
+///     struct array) of score rows, each holding prompt_token_ids, response_token_ids,
+///     reference_token_ids (list<int32>), behaviour_logprobs, ref_logprobs,
+///     ref_reference_logprobs (list<float32>, nullable), advantage, reference_advantage
+///     (float64) and reward (float64, nullable). The buffers are shared, not copied: a
+///     memory-mapped table stays on disk until a batch reads it.
+/// max_seq_len, overlong: prompt + continuation longer than max_seq_len is cut
+///     ("truncate") or left out ("skip"), as train.max_seq_len / train.overlong say.
+/// names: optional, one per table (e.g. its file), for error messages.
+/// rejected: also read reference_rejected_token_ids (list<int32>) and
+///     ref_reference_rejected_logprobs (list<float32>), both nullable: every micro-batch then
+///     has B more sequences, each group's prompt + its rejected answer (DPO on dataset pairs).
+#[pyclass(name = "MicroBatcher", module = "grao_pipe._native", frozen)]
+struct MicroBatcher {
+    tables: Vec<ScoreTable>,
+    /// What error messages call each table (e.g. its file); default "table i".
+    names: Vec<String>,
+    fit: Fit,
+}
+
+#[pymethods]
+impl MicroBatcher {
+    #[new]
+    #[pyo3(signature = (tables, *, max_seq_len = None, overlong = "truncate", names = None, rejected = false))]
+    fn new(
+        tables: &Bound<'_, PyAny>,
+        max_seq_len: Option<i64>,
+        overlong: &str,
+        names: Option<Vec<String>>,
+        rejected: bool,
+    ) -> PyResult<Self> {
+        let overlong = match overlong {
+            "truncate" => Overlong::Truncate,
+            "skip" => Overlong::Skip,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "overlong must be \"truncate\" or \"skip\", got {other:?}"
+                )))
+            }
+        };
+        let max_len = match max_seq_len {
+            None => None,
+            Some(n) => Some(usize::try_from(n).ok().filter(|&n| n > 0).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "max_seq_len must be a positive number of tokens or None, got {n}"
+                ))
+            })?),
+        };
+        let iter = tables.try_iter().map_err(|_| {
+            PyTypeError::new_err("tables must be a list of pyarrow.RecordBatch of score rows")
+        })?;
+        let mut out = Vec::new();
+        for (t, obj) in iter.enumerate() {
+            out.push(ScoreTable::import(&obj?, t, rejected)?);
+        }
+        let names = names.unwrap_or_default();
+        if !names.is_empty() && names.len() != out.len() {
+            return Err(PyValueError::new_err(format!(
+                "names has {} entries for {} tables; pass one name per table",
+                names.len(),
+                out.len()
+            )));
+        }
+        Ok(MicroBatcher {
+            tables: out,
+            names,
+            fit: Fit { max_len, overlong },
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// The micro-batches of one rank's groups of a step.
+    ///
+    /// spans: Arrow int64 array of (table, first row, rows) triples, flattened: one triple
+    ///     per group, in the order the groups train.
+    /// pad_id: the token id of padding.
+    /// micro_batch_tokens: consecutive groups are split into micro-batches of at most this
+    ///     many tokens (a group is never split; 0: one micro-batch).
+    /// pack_tokens: 0: padded layout only. Else also the packed layout, rows of at most
+    ///     max(pack_tokens, longest sequence) tokens: as narrow as the packing allows
+    ///     (fit_rows=True, never more padded tokens than the padded layout), or exactly that
+    ///     wide (fit_rows=False).
+    ///
+    /// Returns a dict: "micro_batches", a list with one dict per micro-batch (the padded
+    /// layout as NdArray: input_ids, attention_mask [N, T]; loss_mask, behaviour,
+    /// reference [N, T-1]; advantage, reward, sample_mask [B, G]; reference_advantage,
+    /// reference_fits, rejected_mask [B]; behaviour_known [N] (float32 0/1);
+    /// the ints n_samples, real_tokens, padded_tokens; and "packed": None or a dict of
+    /// input_ids, position_ids, segment [R, W]; src_row, src_col, dst_seq, dst_pos [K];
+    /// real_tokens, padded_tokens), and per group, the int64 NdArrays "truncated" and
+    /// "skipped" (sequences cut to max_seq_len or left out).
+    #[pyo3(signature = (spans, *, pad_id, micro_batch_tokens = 0, pack_tokens = 0, fit_rows = true))]
+    fn build<'py>(
+        &self,
+        py: Python<'py>,
+        spans: &Bound<'py, PyAny>,
+        pad_id: i64,
+        micro_batch_tokens: i64,
+        pack_tokens: i64,
+        fit_rows: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let spans = parse_spans(&import_array(spans, "spans")?)?;
+        let non_negative = |v: i64, name: &str| {
+            u64::try_from(v)
+                .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+        };
+        let budget = non_negative(micro_batch_tokens, "micro_batch_tokens")?;
+        let pack = non_negative(pack_tokens, "pack_tokens")?;
+        let width = match (pack, fit_rows) {
+            (0, _) => None,
+            (w, true) => Some(RowWidth::AtMost(w)),
+            (w, false) => Some(RowWidth::Exactly(w)),
+        };
+        let fit = self.fit;
+        let tables = &self.tables;
+        let built = py.detach(move || -> Result<_, microbatch::LoadError> {
+            let shards: Vec<Shard<'_>> = tables.iter().map(ScoreTable::view).collect();
+            let resolved = microbatch::resolve(&shards, &spans, fit)?;
+            let tokens: Vec<u64> = resolved.groups.iter().map(|g| g.tokens).collect();
+            let mut micro: Vec<Built> = Vec::new();
+            for range in microbatch::split_by_tokens(&tokens, budget) {
+                micro.push(microbatch::micro_batch(
+                    &resolved,
+                    &resolved.groups[range],
+                    pad_id,
+                    width,
+                )?);
+            }
+            let counts = |f: fn(&microbatch::Group<'_>) -> u32| -> Vec<i64> {
+                resolved.groups.iter().map(|g| i64::from(f(g))).collect()
+            };
+            Ok((micro, counts(|g| g.truncated), counts(|g| g.skipped)))
+        });
+        let (micro, truncated, skipped) =
+            built.map_err(|e| PyValueError::new_err(self.describe(&e)))?;
+        let k = truncated.len();
+        let list = PyList::empty(py);
+        for (pad, pack) in micro {
+            list.append(micro_batch_dict(py, pad, pack)?)?;
+        }
+        let out = PyDict::new(py);
+        out.set_item("micro_batches", list)?;
+        out.set_item("truncated", nd(py, truncated, &[k])?)?;
+        out.set_item("skipped", nd(py, skipped, &[k])?)?;
+        Ok(out)
+    }
+}
+
+impl MicroBatcher {
+    /// The error, naming the table's file when the caller gave names.
+    fn describe(&self, e: &microbatch::LoadError) -> String {
+        match e {
+            microbatch::LoadError::Row { shard, .. } => match self.names.get(*shard) {
+                Some(name) => format!("{name}: {e}"),
+                None => e.to_string(),
+            },
+            _ => e.to_string(),
+        }
+    }
+}
+
+fn parse_spans(array: &ArrayRef) -> PyResult<Vec<Span>> {
+    let values = array.as_primitive_opt::<Int64Type>().ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "spans must be an int64 array of (table, first row, rows) triples, got {}",
+            array.data_type()
+        ))
+    })?;
+    if let Some(i) = first_null(values) {
+        return Err(PyValueError::new_err(format!("spans[{i}] is null")));
+    }
+    if values.is_empty() || values.len() % 3 != 0 {
+        return Err(PyValueError::new_err(format!(
+            "spans has {} values; pass one (table, first row, rows) triple per group, at least \
+             one group",
+            values.len()
+        )));
+    }
+    let index = |i: usize, v: i64| {
+        usize::try_from(v)
+            .map_err(|_| PyValueError::new_err(format!("spans[{i}] = {v}; spans must be >= 0")))
+    };
+    values
+        .values()
+        .chunks_exact(3)
+        .enumerate()
+        .map(|(g, t)| {
+            Ok(Span {
+                shard: index(3 * g, t[0])?,
+                start: index(3 * g + 1, t[1])?,
+                len: index(3 * g + 2, t[2])?,
+            })
+        })
+        .collect()
+}
+
+fn micro_batch_dict<'py>(
+    py: Python<'py>,
+    pad: microbatch::Padded,
+    pack: Option<microbatch::Packed>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (n, t, b, g) = (pad.n, pad.t, pad.b, pad.g);
+    let d = PyDict::new(py);
+    d.set_item("input_ids", nd(py, pad.input_ids, &[n, t])?)?;
+    d.set_item("attention_mask", nd(py, pad.attention_mask, &[n, t])?)?;
+    d.set_item("loss_mask", nd(py, pad.loss_mask, &[n, t - 1])?)?;
+    d.set_item("behaviour", nd(py, pad.behaviour, &[n, t - 1])?)?;
+    d.set_item("reference", nd(py, pad.reference, &[n, t - 1])?)?;
+    d.set_item("advantage", nd(py, pad.advantage, &[b, g])?)?;
+    d.set_item("reward", nd(py, pad.reward, &[b, g])?)?;
+    d.set_item("sample_mask", nd(py, pad.sample_mask, &[b, g])?)?;
+    d.set_item(
+        "reference_advantage",
+        nd(py, pad.reference_advantage, &[b])?,
+    )?;
+    d.set_item("behaviour_known", nd(py, pad.behaviour_known, &[n])?)?;
+    d.set_item("reference_fits", nd(py, pad.reference_fits, &[b])?)?;
+    d.set_item("rejected_mask", nd(py, pad.rejected_mask, &[b])?)?;
+    d.set_item("n_samples", b * g)?;
+    d.set_item("real_tokens", pad.real_tokens)?;
+    d.set_item("padded_tokens", n * t)?;
+    let packed = match pack {
+        None => None,
+        Some(p) => {
+            let (r, w, k) = (p.rows, p.width, p.src_row.len());
+            let d = PyDict::new(py);
+            d.set_item("input_ids", nd(py, p.input_ids, &[r, w])?)?;
+            d.set_item("position_ids", nd(py, p.position_ids, &[r, w])?)?;
+            d.set_item("segment", nd(py, p.segment, &[r, w])?)?;
+            d.set_item("src_row", nd(py, p.src_row, &[k])?)?;
+            d.set_item("src_col", nd(py, p.src_col, &[k])?)?;
+            d.set_item("dst_seq", nd(py, p.dst_seq, &[k])?)?;
+            d.set_item("dst_pos", nd(py, p.dst_pos, &[k])?)?;
+            d.set_item("real_tokens", p.real_tokens)?;
+            d.set_item("padded_tokens", r * w)?;
+            Some(d)
+        }
+    };
+    d.set_item("packed", packed)?;
+    Ok(d)
+}
+
+/// Rust core of grao-pipe: GRAO group advantages, token-budget packing and the learner's
+/// micro-batches over Arrow arrays.
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<ExportedArray>()?;
+    m.add_class::<NdArray>()?;
+    m.add_class::<MicroBatcher>()?;
     m.add_function(wrap_pyfunction!(group_advantages, m)?)?;
     m.add_function(wrap_pyfunction!(pack_bfd, m)?)?;
     m.add_function(wrap_pyfunction!(pack_groups_bfd, m)?)?;

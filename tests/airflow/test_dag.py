@@ -86,7 +86,7 @@ def pipeline(dag, tmp_path_factory):
             "shards": SHARDS, "overrides": ["data.limit=12", "train.epochs=1"]}
     first = run_dag(dag, conf)
     # The first run's train output; its lock file is <workdir>/train/<key>.lock.
-    train_dirs = [m.parent for m in workdir.glob("train/*/manifest.json")]
+    train_dirs = [m.parent for m in workdir.glob("train/*/_manifest.json")]
     return conf, workdir, first, train_dirs
 
 
@@ -103,7 +103,7 @@ def test_first_run_commits_every_stage(pipeline):
                              "score": ["success"], "train": ["success"]}
     assert cli_status(conf) == dict.fromkeys(STAGES, "done")
     for stage in STAGES:
-        (manifest,) = workdir.glob(f"{stage}/*/manifest.json")
+        (manifest,) = workdir.glob(f"{stage}/*/_manifest.json")
         assert yaml.safe_load(manifest.read_text())["stage"] == stage
     assert (train_dirs[0] / "model" / "config.json").is_file()
 
@@ -125,13 +125,13 @@ def test_second_run_skips_cached_stages(dag, pipeline, monkeypatch):
 
 def test_changed_score_config_reruns_score_and_train_only(dag, pipeline):
     conf, workdir, *_ = pipeline
-    changed = {**conf, "overrides": [*conf["overrides"], "score.advantage.mode=samples_only"]}
+    changed = {**conf, "overrides": [*conf["overrides"], "score.advantage.eps=0.001"]}
     result = run_dag(dag, changed)
     # none_failed: the cached (skipped) generate does not skip score, whose config changed.
     assert states(result) == {"shard_specs": ["success"], "generate": ["skipped"] * SHARDS,
                               "score": ["success"], "train": ["success"]}
     assert cli_status(changed) == dict.fromkeys(STAGES, "done")
-    assert len(list(workdir.glob("train/*/manifest.json"))) == 2  # the old version is kept
+    assert len(list(workdir.glob("train/*/_manifest.json"))) == 2  # the old version is kept
 
 
 def test_locked_stage_is_retried(dag, pipeline):

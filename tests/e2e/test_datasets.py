@@ -26,7 +26,8 @@ def test_list_show_verify_and_detect_corruption(tiny_config, tmp_path):
     assert card["rows"] == 48 and card["groups"] == 12 and 0 <= card["degenerate_share"] <= 1
     assert sum(card["reward"]["histogram"].values()) == 48 - card["reward"]["invalid"]
     assert card["lineage"]["scorers"][0]["function"] == "grao_pipe.tasks.arith:score"
-    assert (score_dir / "card.json").is_file()
+    readme = (score_dir / "README.md").read_text()
+    assert readme.startswith("---\nconfigs:") and "path: shard-*.parquet" in readme
     assert cli("datasets", "verify", "-c", cfg).returncode == 0
 
     shard = sorted(score_dir.glob("shard-*.parquet"))[0]
@@ -39,11 +40,11 @@ def test_manifest_cannot_point_outside_its_dataset(tiny_config, tmp_path):
     cfg = str(tiny_config())
     assert cli("generate", "-c", cfg).returncode == 0
     (gen_dir,) = (tmp_path / "work" / "generate").glob("*/")
-    m = json.loads((gen_dir / "manifest.json").read_text())
+    m = json.loads((gen_dir / "_manifest.json").read_text())
     m["shards"][0]["name"] = "../../../etc/passwd"
-    (gen_dir / "manifest.json").write_text(json.dumps(m))
+    (gen_dir / "_manifest.json").write_text(json.dumps(m))
     out = cli("datasets", "verify", "-c", cfg)
     assert out.returncode == 5 and "points outside the dataset" in out.stderr
-    (gen_dir / "manifest.json").write_text("{ not json")
+    (gen_dir / "_manifest.json").write_text("{ not json")
     out = cli("score", "-c", cfg)
     assert out.returncode == 5 and "malformed manifest" in out.stderr

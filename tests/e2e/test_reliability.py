@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from cli_runner import BIN, cli
 
-from grao_pipe.store import shard_is_committed
+from grao_pipe.storage import shard_is_committed
 
 
 def _row_keys(directory: Path) -> list[tuple[str, int]]:
@@ -35,7 +35,7 @@ def _kill_when_first_shard_commits(verb: str, cfg: Path, work: Path) -> Path:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (out,) = (work / verb).glob("*/")
-    assert not (out / "manifest.json").exists()  # the kill landed mid-stage
+    assert not (out / "_manifest.json").exists()  # the kill landed mid-stage
     return out
 
 
@@ -51,7 +51,7 @@ def test_sigkill_mid_stage_then_rerun_loses_and_duplicates_nothing(tiny_config, 
     assert again.returncode == 0, again.stderr
     keys = _row_keys(out)
     assert len(keys) == len(set(keys)) == 60 * 4  # nothing lost, nothing duplicated
-    assert json.loads((out / "manifest.json").read_text())["rows"] == 240
+    assert json.loads((out / "_manifest.json").read_text())["rows"] == 240
 
 
 def _small_disk_command(mountpoint: Path, size: str, inner: str) -> list[str] | None:
@@ -85,7 +85,7 @@ def test_full_disk_during_generate_is_a_clear_error_and_commits_nothing_partial(
     assert "No space left on device" in full.stderr and "free space and re-run" in full.stderr
 
     (out,) = (after / "generate").glob("*/")
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     assert not list(out.glob(".tmp-*"))  # the interrupted write left nothing behind
     shards = sorted(out.glob("shard-*.parquet"))
     assert 0 < len(shards) < 20 and all(shard_is_committed(p, "generate") for p in shards)

@@ -10,12 +10,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_hf_backend_generates_on_cuda(tiny_config):
     import pyarrow.parquet as pq
+    from stage_runner import run_stage
 
     from grao_pipe.config import load_config
-    from grao_pipe.stages import generate
 
-    out = generate.run(load_config(tiny_config()))
-    rows = pq.read_table(next(out.ref.directory.glob("shard-*.parquet"))).to_pylist()
+    out = run_stage("generate", load_config(tiny_config()))
+    rows = pq.read_table(next(out.target.dir.path.glob("shard-*.parquet"))).to_pylist()
     assert rows and all(len(r["behaviour_logprobs"]) == len(r["response_token_ids"]) for r in rows)
 
 
@@ -41,10 +41,10 @@ def test_packed_step_matches_padded_on_cuda():
 def test_vllm_backend_if_installed(tiny_config):
     pytest.importorskip("vllm")
     import pyarrow.parquet as pq
+    from stage_runner import run_stage
 
     from grao_pipe.config import load_config
-    from grao_pipe.stages import generate
 
-    out = generate.run(load_config(tiny_config(), ["generate.backend=vllm"]))
-    rows = pq.read_table(next(out.ref.directory.glob("shard-*.parquet"))).to_pylist()
+    out = run_stage("generate", load_config(tiny_config(), ["generate.backend=vllm"]))
+    rows = pq.read_table(next(out.target.dir.path.glob("shard-*.parquet"))).to_pylist()
     assert rows and rows[0]["backend"] == "vllm"

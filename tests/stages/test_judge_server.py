@@ -6,13 +6,14 @@ import threading
 import pytest
 
 from grao_pipe.config import JudgeScorer
-from grao_pipe.openai_client import EndpointError, OpenAIClient, message_text
+from grao_pipe.openai_client import EndpointError, OpenAIEndpoint, message_text
+from grao_pipe.scoring import ScorerFiles
 from grao_pipe.scoring.judge import Judge
 
 
 def test_judge_over_http_counts_unparseable_answers(openai_server):
     base_url, model = openai_server
-    judge = Judge(JudgeScorer(model=model, base_url=base_url, max_tokens=4, both_orders=True, concurrency=2))
+    judge = Judge(JudgeScorer(model=model, base_url=base_url, max_tokens=4, both_orders=True, concurrency=2), ScorerFiles())
     res = judge.score(["1+2=", "2+2="], ["3", "5"], ["3", "4"])
     # A random tiny model does not answer "1 > 2": each row must be invalid and counted, not 0.
     for v in res.values:
@@ -23,16 +24,16 @@ def test_judge_over_http_counts_unparseable_answers(openai_server):
 
 def test_client_returns_server_text(openai_server):
     base_url, model = openai_server
-    client = OpenAIClient(base_url, concurrency=2)
-    out = client.chat_many([{"model": model, "messages": [{"role": "user", "content": "1+1="}],
-                             "max_tokens": 3, "seed": 1, "temperature": 0.0}] * 2)
+    client = OpenAIEndpoint(base_url, concurrency=2)
+    out = client.map(client.chat, [{"model": model, "messages": [{"role": "user", "content": "1+1="}],
+                                    "max_tokens": 3, "seed": 1, "temperature": 0.0}] * 2)
     assert len(out) == 2 and all(isinstance(message_text(r), str) for r in out)
     assert message_text(out[0]) == message_text(out[1])  # greedy: same prompt, same text
 
 
 def test_server_down_is_a_clear_error_after_retries():
-    client = OpenAIClient("http://127.0.0.1:9/v1", max_retries=2, backoff_s=0.01, timeout_s=2)
-    with pytest.raises(EndpointError, match=r"no valid answer after 3 attempts .*ConnectError"):
+    client = OpenAIEndpoint("http://127.0.0.1:9/v1", max_retries=2, timeout_s=2)
+    with pytest.raises(EndpointError, match=r"no answer after 3 attempts \(APIConnectionError"):
         client.chat({"model": "m", "messages": []})
 
 
@@ -54,13 +55,13 @@ class _Garbage(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_garbage_answers_are_retried_then_reported():
+def test_unavailable_is_retried_and_garbage_is_reported():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        client = OpenAIClient(f"http://127.0.0.1:{server.server_port}/v1", max_retries=2, backoff_s=0.01)
-        with pytest.raises(EndpointError, match="not JSON"):
+        client = OpenAIEndpoint(f"http://127.0.0.1:{server.server_port}/v1", max_retries=2)
+        with pytest.raises(EndpointError, match="not an OpenAI-compatible completion"):
             client.chat({"model": "m", "messages": []})
-        assert _Garbage.calls == 3  # one 503, then two garbage answers
+        assert _Garbage.calls == 2  # the 503 is retried by the SDK; a garbage 200 is an error at once
     finally:
         server.shutdown()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from cli_runner import BIN, cli
+from stage_runner import run_stage
 
-from grao_pipe.prompts import resolve_prompt_path
+from grao_pipe.storage import local_input
 
 
 def _keys(client, bucket: str, prefix: str = "") -> dict[str, dict]:
@@ -35,7 +36,7 @@ def _upload_dir(client, bucket: str, local: Path, prefix: str) -> None:
 def test_round_on_s3_then_another_machine_finds_it_cached(tiny_config, tiny_model_dir, s3, tmp_path, monkeypatch):
     url, client = s3
     bucket = url.removeprefix("s3://")
-    client.upload_file(str(resolve_prompt_path("builtin:arith")), bucket, "inputs/arith.jsonl")
+    client.upload_file(str(local_input("builtin:arith")), bucket, "inputs/arith.jsonl")
     _upload_dir(client, bucket, tiny_model_dir, "models/tiny")
     cfg = tiny_config(workdir=f"{url}/runs/a", data={"prompts": f"{url}/inputs/arith.jsonl"},
                       model={"path": f"{url}/models/tiny"})
@@ -44,7 +45,7 @@ def test_round_on_s3_then_another_machine_finds_it_cached(tiny_config, tiny_mode
     assert first.returncode == 0, first.stderr
 
     objects = _keys(client, bucket, "runs/a/")
-    manifests = sorted(k for k in objects if k.endswith("/manifest.json"))
+    manifests = sorted(k for k in objects if k.endswith("/_manifest.json"))
     assert [k.split("/")[2] for k in manifests] == ["generate", "score", "train"]
     for key in manifests[:2]:  # every shard a dataset's manifest names is there, byte for byte
         data = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -62,9 +63,10 @@ def test_round_on_s3_then_another_machine_finds_it_cached(tiny_config, tiny_mode
     status, listing = cli("status", "-c", str(cfg)), cli("datasets", "list", "-w", f"{url}/runs/a")
     assert status.returncode == 0 and listing.returncode == 0, status.stderr + listing.stderr
     assert (status.stdout + status.stderr).count("done") == 3
-    # Inputs are fetched to hash them (keys follow content); of the datasets, manifests only.
-    downloaded = [p.name for p in (tmp_path / "cache-c" / "mirrors").rglob("*") if p.is_file()]
-    assert downloaded and not [n for n in downloaded if n.endswith((".parquet", ".safetensors"))], downloaded
+    # Inputs are fetched to hash them (keys follow content); datasets are not: their manifests
+    # are read from the object store, nothing is written into the mirror.
+    assert list((tmp_path / "cache-c" / "inputs").rglob("*.safetensors"))
+    assert not [p for p in (tmp_path / "cache-c").rglob("mirrors/**/*") if p.is_file()]
     verify = cli("datasets", "verify", "-w", f"{url}/runs/a")
     assert verify.returncode == 0, verify.stderr
     out = verify.stdout + verify.stderr
@@ -85,14 +87,14 @@ def test_sigkill_on_one_machine_then_another_resumes(tiny_config, s3, tmp_path, 
     proc.wait()
     listing = _keys(client, bucket, "runs/b/generate/")
     before = {k: o["ETag"] for k, o in listing.items() if "/shard-" in k}
-    assert before and not [k for k in listing if k.endswith("manifest.json")]  # killed mid-stage
+    assert before and not [k for k in listing if k.endswith("_manifest.json")]  # killed mid-stage
 
     monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-b"))  # resume elsewhere
     again = cli("generate", "-c", str(cfg))
     assert again.returncode == 0, again.stderr
     after = _keys(client, bucket, "runs/b/generate/")
     assert all(after[k]["ETag"] == etag for k, etag in before.items())  # reused, not redone
-    (manifest,) = [k for k in after if k.endswith("manifest.json")]
+    (manifest,) = [k for k in after if k.endswith("_manifest.json")]
     prefix = manifest.rsplit("/", 1)[0]
     local = tmp_path / "dl"
     local.mkdir()
@@ -105,9 +107,10 @@ def test_sigkill_on_one_machine_then_another_resumes(tiny_config, s3, tmp_path, 
 
 CRASH_MID_UPLOAD = textwrap.dedent("""
     import os, signal, sys
-    from grao_pipe import remote
+    from grao_pipe.storage import Workdir, remote
 
-    directory = remote.local_workdir(sys.argv[1]) / "generate" / "0123456789abcdef"
+    workdir = Workdir(sys.argv[1])
+    directory = workdir.root / "generate" / "0123456789abcdef"
     directory.mkdir(parents=True, exist_ok=True)
     shard = directory / "shard-00000-of-00001.parquet"
     shard.write_bytes(os.urandom(24 << 20))
@@ -126,7 +129,7 @@ CRASH_MID_UPLOAD = textwrap.dedent("""
             return self.f.read(n)
 
     remote.open = lambda path, mode="r": DiesMidway(open(path, mode))
-    remote.publish(shard)
+    workdir.mirror.publish(shard)
 """)
 
 
@@ -138,13 +141,15 @@ def test_crash_mid_upload_leaves_no_partial_shard(s3):
     visible = _keys(client, bucket, "runs/c/")
     assert not [k for k in visible if k.endswith(".parquet")], visible  # no shard under its name
 
-    from grao_pipe import remote
+    from grao_pipe.storage import Workdir
 
-    directory = remote.local_workdir(f"{url}/runs/c") / "generate" / "0123456789abcdef"
-    assert not remote.pull_tree(directory, finished_only=True)  # no manifest: not a dataset
-    remote.clean_remote_temporaries(directory)  # what the next run's prepare() does
+    mirror = Workdir(f"{url}/runs/c").mirror
+    assert mirror is not None
+    directory = mirror.local / "generate" / "0123456789abcdef"
+    assert not mirror.pull_tree(directory, finished_by="_manifest.json")  # no manifest: not a dataset
+    mirror.clean_temporaries(directory)  # what the next run's prepare() does
     assert _keys(client, bucket, "runs/c/") == {}
-    remote.publish(directory / "shard-00000-of-00001.parquet")  # the re-run's upload completes
+    mirror.publish(directory / "shard-00000-of-00001.parquet")  # the re-run's upload completes
     (obj,) = _keys(client, bucket, "runs/c/").values()
     assert obj["Key"].endswith("shard-00000-of-00001.parquet") and obj["Size"] == 24 << 20
 
@@ -157,26 +162,25 @@ def test_unreachable_storage_is_a_clear_error_and_the_next_run_publishes(tiny_co
     assert first.returncode == 7, first.stderr  # the scheduler's "remote unavailable, retry"
     assert "object storage" in first.stderr and "Traceback" not in first.stderr
     mirrors = list((tmp_path / "cache-a" / "mirrors").glob("*/generate/*/"))
-    assert mirrors and not (mirrors[0] / "manifest.json").exists()  # not finished here either
+    assert not [m for m in mirrors if (m / "_manifest.json").exists()]  # not finished here either
 
     client.create_bucket(Bucket=missing.removeprefix("s3://"))
     again = cli("generate", "-c", str(cfg))
     assert again.returncode == 0, again.stderr
     objects = _keys(client, missing.removeprefix("s3://"), "runs/d/generate/")
-    assert any(k.endswith("manifest.json") for k in objects) and any("/shard-" in k for k in objects)
+    assert any(k.endswith("_manifest.json") for k in objects) and any("/shard-" in k for k in objects)
 
 
 def test_another_machine_reuses_the_published_raw_rewards(tiny_config, s3, tmp_path, monkeypatch):
     from grao_pipe.config import load_config
-    from grao_pipe.stages import generate, score
 
     url, _ = s3
     cfg_path = tiny_config(workdir=f"{url}/runs/e")
-    generate.run(load_config(cfg_path))
-    first = score.run(load_config(cfg_path))
-    assert set(first.manifest.data["stats"]["scorer_shards_computed"].values()) == {2}
+    run_stage("generate", load_config(cfg_path))
+    first = run_stage("score", load_config(cfg_path))
+    assert set(first.manifest.stats.scorer_shards_computed.values()) == {2}
 
     monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-b"))  # another machine re-scores
-    again = score.run(load_config(cfg_path, ["score.advantage.mode=rank"]))
+    again = run_stage("score", load_config(cfg_path, ["score.advantage.mode=rank"]))
     assert not again.cached
-    assert set(again.manifest.data["stats"]["scorer_shards_computed"].values()) == {0}  # no scorer call
+    assert set(again.manifest.stats.scorer_shards_computed.values()) == {0}  # no scorer call

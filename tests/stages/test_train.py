@@ -4,10 +4,10 @@ import json
 import os
 
 import pytest
+from stage_runner import run_stage, stage_dir
 
 from grao_pipe.config import load_config
 from grao_pipe.errors import InputError, StageFailed
-from grao_pipe.stages import generate, score, train
 
 
 def _losses(directory):
@@ -15,16 +15,16 @@ def _losses(directory):
 
 
 def _prepare(cfg):
-    generate.run(cfg)
-    score.run(cfg)
+    run_stage("generate", cfg)
+    run_stage("score", cfg)
 
 
 def test_sigkill_then_resume_gives_the_same_losses(tiny_config, tmp_path):
     sections = {"train": {"epochs": 2, "checkpoint_every": 1}}
     straight = load_config(tiny_config(**sections), [f"workdir={tmp_path / 'a'}"])
     _prepare(straight)
-    ref = train.run(straight)
-    expected = _losses(ref.ref.directory)
+    ref = run_stage("train", straight)
+    expected = _losses(ref.target.dir.path)
     assert len(expected) == 6
 
     killed = load_config(tiny_config(**sections), [f"workdir={tmp_path / 'b'}"])
@@ -32,13 +32,13 @@ def test_sigkill_then_resume_gives_the_same_losses(tiny_config, tmp_path):
     os.environ["GRAO_PIPE_KILL_AT_STEP"] = "4"
     try:
         with pytest.raises(StageFailed):
-            train.run(killed)
+            run_stage("train", killed)
     finally:
         del os.environ["GRAO_PIPE_KILL_AT_STEP"]
-    out_dir = train.train_ref(killed, 1).directory
-    assert len(_losses(out_dir)) >= 4 and not (out_dir / "manifest.json").exists()
-    resumed = train.run(killed)
-    assert _losses(resumed.ref.directory) == pytest.approx(expected, abs=1e-6)
+    out_dir = stage_dir("train", killed)
+    assert len(_losses(out_dir)) >= 4 and not (out_dir / "_manifest.json").exists()
+    resumed = run_stage("train", killed)
+    assert _losses(resumed.target.dir.path) == pytest.approx(expected, abs=1e-6)
 
 
 SUMS = {"data": {"prompts": "builtin:sums_train"},
@@ -58,8 +58,8 @@ SUMS = {"data": {"prompts": "builtin:sums_train"},
 def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sections):
     cfg = load_config(tiny_config(**sections), [f"train.objective={objective}", *extra])
     _prepare(cfg)
-    out = train.run(cfg)
-    metrics = [json.loads(x) for x in (out.ref.directory / "metrics.jsonl").read_text().splitlines()]
+    out = run_stage("train", cfg)
+    metrics = [json.loads(x) for x in (out.target.dir.path / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and all(m["real_tokens"] > 0 for m in metrics)
     keys = {"dpo": {"loss_dpo", "dpo_pair_share"}, "grpo": {"loss_kl"}, "sft": {"loss_nll_reference"},
             "ppo": {"loss_policy", "loss_value", "value_mean", "ppo_kl"}}[objective]
@@ -72,38 +72,39 @@ def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sec
         assert metrics[0]["value_mean"] == 0.0  # the critic starts at zero
         from torch.distributed.checkpoint import FileSystemReader
 
-        ckpt = next((out.ref.directory / "checkpoints").glob("step-*"))
+        ckpt = next((out.target.dir.path / "checkpoints").glob("step-*"))
         saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
         assert "model.value_head.weight" in saved  # the critic is in the checkpoint...
         from safetensors import safe_open
 
-        with safe_open(str(out.ref.directory / "model" / "model.safetensors"), "pt") as f:
-            assert not any(k.startswith("value_head") for k in f.keys())  # noqa: SIM118 (safe_open has no __iter__)  # ...not in the policy export
+        with safe_open(str(out.target.dir.path / "model" / "model.safetensors"), "pt") as f:
+            exported = list(f.keys())
+        assert not any(k.startswith("value_head") for k in exported)  # ...not in the policy export
 
 
 def test_dpo_dataset_pairs_without_rejected_answers_fail_before_training(tiny_config):
     cfg = load_config(tiny_config(score={"reference_logprobs": True}), ["train.objective=dpo"])
     _prepare(cfg)
     with pytest.raises(InputError, match=r"needs column 'reference_rejected_token_ids'.*train.dpo_pairs=samples"):
-        train.run(cfg)
+        run_stage("train", cfg)
 
 
 def test_dpo_without_reference_logprobs_fails_before_training(tiny_config):
     cfg = load_config(tiny_config(), ["train.objective=dpo", "train.dpo_pairs=samples"])
     _prepare(cfg)
     with pytest.raises(InputError, match=r"needs column 'ref_logprobs'.*score.reference_logprobs=true"):
-        train.run(cfg)
-    assert not train.train_ref(cfg, 1).directory.joinpath("metrics.jsonl").exists()
+        run_stage("train", cfg)
+    assert not stage_dir("train", cfg).joinpath("metrics.jsonl").exists()
 
 
 def test_gradient_accumulation_by_token_budget_matches_one_batch(tiny_config, tmp_path):
     one = load_config(tiny_config(), [f"workdir={tmp_path / 'one'}"])
     _prepare(one)
-    expected = _losses(train.run(one).ref.directory)
+    expected = _losses(run_stage("train", one).target.dir.path)
     # ~20 tokens per micro-batch: every group is its own micro-batch, ranks get uneven counts.
     acc = load_config(tiny_config(), [f"workdir={tmp_path / 'acc'}", "train.micro_batch_tokens=20"])
     _prepare(acc)
-    got = _losses(train.run(acc).ref.directory)
+    got = _losses(run_stage("train", acc).target.dir.path)
     assert got == pytest.approx(expected, abs=1e-5)
 
 
@@ -125,23 +126,40 @@ def test_two_nodes_train_one_model(tiny_config, tmp_path):
                                          f"train.rdzv_endpoint=127.0.0.1:{port}"]) for r in (0, 1)]
     _prepare(nodes[0])
     # Launch-only keys stay out of the cache key: both nodes write one output directory.
-    assert train.train_ref(nodes[0], 1).directory == train.train_ref(nodes[1], 1).directory
+    assert stage_dir("train", nodes[0]) == stage_dir("train", nodes[1])
     with ThreadPoolExecutor(2) as pool:
-        lead, other = pool.map(train.run, nodes)
+        lead, other = pool.map(lambda c: run_stage("train", c), nodes)
     assert lead.manifest is not None and other.manifest is None  # node 0 writes the manifest
-    out = lead.ref.directory
+    out = lead.target.dir.path
     assert (out / "model" / "config.json").is_file() and (out / "train.node1.log").is_file()
     single = load_config(tiny_config(), [f"workdir={tmp_path / 'single'}"])  # 2 ranks on one node
     _prepare(single)
-    assert _losses(out) == pytest.approx(_losses(train.run(single).ref.directory), abs=1e-5)
+    assert _losses(out) == pytest.approx(_losses(run_stage("train", single).target.dir.path), abs=1e-5)
 
 
-def test_tensorboard_events_are_written(tiny_config):
-    cfg = load_config(tiny_config(), ["train.tensorboard=true"])
-    _prepare(cfg)
-    out = train.run(cfg)
+def test_every_metric_logger_writes_what_the_jsonl_holds(tiny_config, monkeypatch):
+    """TensorBoard, W&B (offline) and MLflow (local file store), read back with their own tools."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 readers of a file store need it too
+    import wandb_log
+    from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out.ref.directory / "tensorboard")).Reload()
+    cfg = load_config(tiny_config(), ["train.logging.backends=[tensorboard,wandb,mlflow]"])
+    _prepare(cfg)
+    out = run_stage("train", cfg).target.dir.path
+    losses = _losses(out)
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
     assert {"train/loss", "train/loss_imitation", "train/grad_norm", "train/tokens_per_s"} <= set(events.Tags()["scalars"])
-    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(_losses(out.ref.directory), abs=1e-6)
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, abs=1e-6)
+
+    (run_log,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    logged = [row for row in wandb_log.history(run_log) if "train/loss" in row]
+    assert [row["train/loss"] for row in logged] == pytest.approx(losses, abs=1e-6)
+    assert [row["_step"] for row in logged] == list(range(len(losses)))
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("grao-pipe").experiment_id])
+    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [m.value for m in history] == pytest.approx(losses, abs=1e-6)
+    assert run.data.params["objective"] == "grao" and run.info.run_name == out.name

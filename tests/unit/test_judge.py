@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
+from grao_pipe.scoring import ScorerFiles
 from grao_pipe.scoring.judge import CRITERIA, Judge, load_template, parse_verdict
 
 
@@ -39,12 +42,12 @@ def test_custom_template_must_have_placeholders(tmp_path):
     p = tmp_path / "t.txt"
     p.write_text("{context} {text1}")
     with pytest.raises(ConfigError, match=r"\{text2\}"):
-        load_template(str(p))
+        load_template(p)
 
 
 def test_openai_judge_needs_base_url():
     with pytest.raises(ConfigError, match="base_url"):
-        Judge(JudgeScorer(model="m"))
+        Judge(JudgeScorer(model="m"), ScorerFiles())
 
 
 class _Scripted(Judge):
@@ -68,13 +71,20 @@ def test_both_orders_removes_position_bias_and_counts_unparseable():
 
 
 def test_scorer_key_follows_the_template_content_not_its_path(tmp_path):
-    from grao_pipe.scoring import scorer_key
+    from grao_pipe.scoring import scorer_files, scorer_key
+
+    def key(cfg: JudgeScorer) -> str:
+        return scorer_key(cfg, scorer_files(cfg, Path))
 
     template = tmp_path / "judge.txt"
     template.write_text("{context} {text1} {text2} {criterion} v1")
     cfg = JudgeScorer(model="m", template=str(template))
-    before = scorer_key(cfg)
-    assert scorer_key(cfg) == before
+    before = key(cfg)
+    assert key(cfg) == before
+    copy = tmp_path / "elsewhere.txt"
+    copy.write_text(template.read_text())
+    assert key(JudgeScorer(model="m", template=str(copy))) == before  # same content, other path
     template.write_text("{context} {text1} {text2} {criterion} v2, edited in place")
-    assert scorer_key(cfg) != before  # cached rewards of the old template are not reused
-    assert scorer_key(JudgeScorer(model="m")) != before
+    assert key(cfg) != before  # cached rewards of the old template are not reused
+    assert key(JudgeScorer(model="m")) != before
+    assert key(JudgeScorer(model="m", base_url="http://a/v1")) == key(JudgeScorer(model="m", base_url="http://b/v1"))

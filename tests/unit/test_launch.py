@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from grao_pipe.config import TrainConfig, load_config
+from grao_pipe.config import TrainConfig, keyed, load_config
 from grao_pipe.errors import ConfigError
 from grao_pipe.stages.train import torchrun_command
 
@@ -40,17 +40,21 @@ def test_launch_settings_are_checked(tmp_path, overrides, match):
 
 
 def test_node_rank_and_monitoring_are_not_part_of_what_is_computed():
-    assert {"node_rank", "rdzv_endpoint", "tensorboard"} <= TrainConfig.OPERATIONAL
-    assert "nnodes" not in TrainConfig.OPERATIONAL  # the world size is
+    unkeyed = TrainConfig.unkeyed_fields()
+    assert {"node_rank", "rdzv_endpoint", "logging"} <= set(unkeyed)
+    assert "nnodes" not in unkeyed  # the world size is
+    a = TrainConfig(nnodes=2, node_rank=0, rdzv_endpoint="h:1", logging={"backends": ["tensorboard"]})
+    b = TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="other:2")
+    assert keyed(a) == keyed(b) and keyed(a) != keyed(TrainConfig(nnodes=3, rdzv_endpoint="h:1"))
 
 
-def test_tensorboard_without_the_package_fails_before_launch(monkeypatch):
+def test_a_logger_without_its_package_fails_before_launch(monkeypatch):
     import importlib.util
 
     from grao_pipe.stages import train
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        train.check_tensorboard(TrainConfig(tensorboard=True))
-    train.check_tensorboard(TrainConfig())  # off: nothing to check
+    with pytest.raises(ConfigError, match=r"train.logging.backends=\[tensorboard\] needs the \[tracking\] extra"):
+        train.check_loggers(TrainConfig(logging={"backends": ["tensorboard"]}))
+    train.check_loggers(TrainConfig())  # none: nothing to check

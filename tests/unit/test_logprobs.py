@@ -200,12 +200,3 @@ def test_logit_transforms_are_refused():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(TypeError, match="final_logit_softcapping"):
         CausalLMLogps(model)
-
-
-def test_tensorboard_writer_logs_scalars(tmp_path):
-    from grao_pipe.learner.worker import tensorboard_writer
-
-    w = tensorboard_writer(tmp_path / "tb", 0)
-    w.add_scalar("train/loss", 1.0, 0)
-    w.close()
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

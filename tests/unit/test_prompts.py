@@ -2,8 +2,13 @@ import pytest
 
 from grao_pipe.config import DataConfig
 from grao_pipe.errors import InputError
-from grao_pipe.prompts import group_id, load_prompts
+from grao_pipe.prompts import group_id, load_prompt_set
+from grao_pipe.storage import local_input
 from grao_pipe.tasks import arith
+
+
+def load_prompts(cfg: DataConfig):
+    return load_prompt_set(local_input(cfg.prompts), cfg).prompts
 
 
 def test_builtin_prompt_set_loads():
@@ -14,7 +19,7 @@ def test_builtin_prompt_set_loads():
 def test_malformed_row_is_named(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"prompt": "1+1=", "reference": "2"}\n{"prompt": "2+2=", \n')
-    with pytest.raises(InputError, match=r"p.jsonl:2: not valid JSON"):
+    with pytest.raises(InputError, match=r"1 of 2 rows are unusable \(p.jsonl:2: not valid JSON"):
         load_prompts(DataConfig(prompts=str(p)))
 
 
@@ -23,6 +28,16 @@ def test_missing_reference_is_named(tmp_path):
     p.write_text('{"prompt": "1+1=", "answer": "2"}\n')
     with pytest.raises(InputError, match=r"p.jsonl:1: missing or empty reference field 'reference'"):
         load_prompts(DataConfig(prompts=str(p)))
+
+
+def test_bad_rows_are_quarantined_under_the_share(tmp_path):
+    p = tmp_path / "p.jsonl"
+    good = '{"prompt": "1+1=", "reference": "2"}\n'
+    p.write_bytes((good * 9 + '{"prompt": "2+2=", \n' + good * 9).encode() + b'{"prompt": "\xff"}\n' + good.encode())
+    ps = load_prompt_set(p, DataConfig(prompts=str(p)))
+    assert len(ps.prompts) == 19
+    assert ps.quarantined == [{"row": 10, "reason": "not valid JSON (Expecting property name enclosed in double quotes)"},
+                              {"row": 20, "reason": "not UTF-8 text (byte 12)"}]
 
 
 def test_empty_prompt_set(tmp_path):

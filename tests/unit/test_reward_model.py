@@ -28,14 +28,14 @@ def rm_dir(tmp_path_factory):
 
 def test_scores_do_not_depend_on_batch(rm_dir):
     texts = ["1+2=3", "4+4=8 hello", "1", "hello world 1+2", "22"]
-    one = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=1)).rewards(texts)
-    many = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=4)).rewards(texts)
+    one = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=1), rm_dir).rewards(texts)
+    many = RewardModel(RewardModelScorer(path=str(rm_dir), batch_size=4), rm_dir).rewards(texts)
     assert one == pytest.approx(many, abs=1e-5)
     assert len(set(round(v, 6) for v in one)) > 1  # a real model, not a constant
 
 
 def test_reward_is_relative_to_reference(rm_dir):
-    rm = RewardModel(RewardModelScorer(path=str(rm_dir), squash="none"))
+    rm = RewardModel(RewardModelScorer(path=str(rm_dir), squash="none"), rm_dir)
     res = rm.score(["1+2=", "1+2="], ["3", "4"], ["3", "3"])
     assert res.values[0] == pytest.approx(0.0, abs=1e-6)  # R(y, y) = 0
     r = rm.rewards(["1+2=4", "1+2=3"])

@@ -41,7 +41,7 @@ def test_hh_rows_and_quarantine(tmp_path):
     ]
     path = tmp_path / "hh.jsonl.gz"
     _write_jsonl_gz(path, rows)
-    ps = load_prompt_set(DataConfig(prompts=str(path)))
+    ps = load_prompt_set(path, DataConfig(prompts=str(path), max_quarantine_share=0.6))
     assert len(ps.prompts) == 2
     first = ps.prompts[0]
     assert first.messages == (("user", "How do I boil an egg?"), ("assistant", "Put it in boiling water."),
@@ -57,12 +57,12 @@ def test_hh_rows_and_quarantine(tmp_path):
 def test_parquet_source_with_custom_columns(tmp_path):
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"question": ["1+1=", "2+2="], "answer": ["2", "4"]}), path)
-    ps = load_prompt_set(DataConfig(prompts=str(path), prompt_field="question", reference_field="answer"))
+    ps = load_prompt_set(path, DataConfig(prompts=str(path), prompt_field="question", reference_field="answer"))
     assert [(p.text, p.reference) for p in ps.prompts] == [("1+1=", "2"), ("2+2=", "4")]
 
 
 def test_all_rows_quarantined_is_an_error(tmp_path):
     path = tmp_path / "hh.jsonl"
     path.write_text(json.dumps({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}) + "\n")
-    with pytest.raises(InputError, match=r"no usable rows \(1 rows quarantined\)"):
-        load_prompt_set(DataConfig(prompts=str(path), format="hh"))
+    with pytest.raises(InputError, match=r"no usable rows \(1 rows quarantined: hh.jsonl:1: no final assistant turn\)"):
+        load_prompt_set(path, DataConfig(prompts=str(path), format="hh"))

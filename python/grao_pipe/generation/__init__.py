@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from grao_pipe.config import PipelineConfig
+from grao_pipe.config import GenerateConfig
+from grao_pipe.errors import InputError
 from grao_pipe.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -44,16 +45,37 @@ def sample_seed(seed: int, group: str, sample_idx: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{group}:{sample_idx}".encode(), digest_size=4).digest(), "little")
 
 
-def make_sampler(cfg: PipelineConfig, model_dir: Path, tok: PolicyTokenizer) -> Sampler:
+def make_sampler(cfg: GenerateConfig, model_dir: Path, tok: PolicyTokenizer, trust_remote_code: bool = False) -> Sampler:
     """The configured backend; heavy engines are imported only here."""
-    if cfg.generate.backend == "hf":
+    if cfg.backend == "hf":
         from grao_pipe.generation.hf import HFSampler
 
-        return HFSampler(model_dir, cfg.generate, tok, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.generate.backend == "openai":
+        return HFSampler(model_dir, cfg, tok, trust_remote_code=trust_remote_code)
+    if cfg.backend == "openai":
         from grao_pipe.generation.openai import OpenAISampler
 
-        return OpenAISampler(cfg.generate, tok, default_model=str(model_dir))
+        return OpenAISampler(cfg, tok, default_model=str(model_dir))
     from grao_pipe.generation.vllm import VLLMSampler
 
-    return VLLMSampler(model_dir, cfg.generate, trust_remote_code=cfg.model.trust_remote_code)
+    return VLLMSampler(model_dir, cfg, trust_remote_code=trust_remote_code)
+
+
+def prepare_requests(cfg: GenerateConfig, tok: PolicyTokenizer, prompts: list[Prompt]) -> tuple[list[Request], int, int]:
+    """Render and tokenize; over-long prompts are truncated from the left or skipped (counted)."""
+    limit = cfg.max_prompt_tokens or max(1, tok.context - cfg.max_new_tokens)
+    out, skipped, truncated = [], 0, 0
+    for p in prompts:
+        text = tok.render(p)
+        ids = tok.encode(text)
+        if not ids:
+            raise InputError(f"prompt {p.index} of the prompt set tokenizes to no tokens with the policy's "
+                             "tokenizer; check the row, or the tokenizer (model.path)")
+        if len(ids) > limit:
+            if cfg.overlong_prompt == "skip" or p.messages is not None:
+                skipped += 1  # a chat transcript cut in the middle is not a prompt: skip it
+                continue
+            ids = ids[-limit:]
+            text = tok.decode(ids)
+            truncated += 1
+        out.append(Request(p, text, ids))
+    return out, skipped, truncated

@@ -14,27 +14,23 @@ class HFSampler:
 
     def __init__(self, model_dir: Path, cfg: GenerateConfig, tok: PolicyTokenizer, trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from grao_pipe import hf
 
         self._torch = torch
         self.cfg = cfg
         self.tok = tok
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
-        self.model = model.to(self.device)  # type: ignore[arg-type]
-        self.model.eval()
+        self.model = hf.load_model(model_dir, trust_remote_code=trust_remote_code, purpose="generate.backend=hf")
+        self.device = self.model.device
 
     def sample(self, requests: list[Request], seed: int) -> list[list[Sample]]:
         """One generate() call for the batch, left-padded token ids, seeded once per call."""
+        from grao_pipe import hf
+
         torch = self._torch
         g, pad = self.cfg.num_samples, self.tok.pad_id
-        width = max(len(r.token_ids) for r in requests)
-        ids = torch.full((len(requests), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, r in enumerate(requests):
-            ids[i, width - len(r.token_ids) :] = torch.tensor(r.token_ids)
-            attn[i, width - len(r.token_ids) :] = 1
+        ids, attn = hf.pad([r.token_ids for r in requests], pad, side="left")
+        width = ids.shape[1]
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.model.generate(

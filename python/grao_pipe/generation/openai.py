@@ -16,7 +16,7 @@ from grao_pipe.config import GenerateConfig
 from grao_pipe.errors import ConfigError
 from grao_pipe.generation import Request, Sample, sample_seed
 from grao_pipe.generation.tokenizer import PolicyTokenizer
-from grao_pipe.openai_client import OpenAIClient
+from grao_pipe.openai_client import EndpointError, OpenAIEndpoint
 
 
 class OpenAISampler:
@@ -28,26 +28,30 @@ class OpenAISampler:
         self.cfg = cfg
         self.tok = tok
         self.model = cfg.served_model or default_model
-        self.client = OpenAIClient(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
-                                   max_retries=cfg.max_retries, concurrency=cfg.concurrency)
+        self.client = OpenAIEndpoint(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
+                                     max_retries=cfg.max_retries, concurrency=cfg.concurrency)
 
-    def body(self, req: Request, seed: int) -> tuple[str, dict[str, Any]]:
+    def body(self, req: Request, seed: int) -> tuple[bool, dict[str, Any]]:
+        """(chat?, request body): chat prompts go to /chat/completions (the server applies its
+        chat template), plain-text prompts to /completions."""
         common = {"model": self.model, "max_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
                   "top_p": self.cfg.top_p, "seed": seed, "n": 1}
         if req.prompt.messages is not None:
             msgs = [{"role": r, "content": c} for r, c in req.prompt.messages]
-            return "/chat/completions", {**common, "messages": msgs, "logprobs": True}
-        return "/completions", {**common, "prompt": req.text, "logprobs": 1}
+            return True, {**common, "messages": msgs, "logprobs": True}
+        return False, {**common, "prompt": req.text, "logprobs": 1}
 
-    def parse(self, response: dict[str, Any], seed: int) -> Sample:
-        choice = response["choices"][0]
-        if "message" in choice:
-            text = (choice.get("message") or {}).get("content") or ""
-            lp = [t.get("logprob") for t in ((choice.get("logprobs") or {}).get("content") or [])]
+    def parse(self, response: Any, seed: int) -> Sample:
+        if not response.choices:
+            raise EndpointError(f"{self.client.base_url} answered without choices; check the served model")
+        choice = response.choices[0]
+        if hasattr(choice, "message"):
+            text = (choice.message.content if choice.message is not None else None) or ""
+            lp = [t.logprob for t in ((choice.logprobs.content if choice.logprobs else None) or [])]
         else:
-            text = choice.get("text") or ""
-            lp = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
-        reason = "stop" if choice.get("finish_reason") == "stop" else "length"
+            text = choice.text or ""
+            lp = list((choice.logprobs.token_logprobs if choice.logprobs else None) or [])
+        reason = "stop" if choice.finish_reason == "stop" else "length"
         ids = self.tok.encode(text) + ([self.tok.eos_id] if reason == "stop" else [])
         logprobs = [float(x) for x in lp] if lp and len(lp) == len(ids) and None not in lp else None
         return Sample(text, ids, logprobs, reason, seed)
@@ -55,15 +59,7 @@ class OpenAISampler:
     def sample(self, requests: list[Request], seed: int) -> list[list[Sample]]:
         g = self.cfg.num_samples
         jobs = [(r, sample_seed(seed, r.text, j)) for r in requests for j in range(g)]
-        by_path: dict[str, list[int]] = {}
-        bodies = []
-        for i, (r, s) in enumerate(jobs):
-            path, body = self.body(r, s)
-            by_path.setdefault(path, []).append(i)
-            bodies.append(body)
-        out: list[Sample | None] = [None] * len(jobs)
-        for path, idx in by_path.items():
-            for i, resp in zip(idx, self.client.chat_many([bodies[i] for i in idx], path), strict=True):
-                out[i] = self.parse(resp, jobs[i][1])
-        samples = [s for s in out if s is not None]
+        calls = [self.body(r, s) for r, s in jobs]
+        responses = self.client.map(lambda c: self.client.chat(c[1]) if c[0] else self.client.complete(c[1]), calls)
+        samples = [self.parse(resp, s) for resp, (_, s) in zip(responses, jobs, strict=True)]
         return [samples[p * g : (p + 1) * g] for p in range(len(requests))]

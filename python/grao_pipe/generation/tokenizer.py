@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grao_pipe.errors import InputError
 from grao_pipe.prompts import Prompt
 
 
 class PolicyTokenizer:
     def __init__(self, model_dir: Path | str, trust_remote_code: bool = False):
-        from transformers import AutoTokenizer
+        from grao_pipe.hf import load_tokenizer
 
-        from grao_pipe._quiet import quiet_transformers
-
-        quiet_transformers()
-        if not (Path(model_dir) / "config.json").is_file():
-            raise InputError(f"model path {model_dir} is not a Hugging Face model directory (no config.json)")
-        self.tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.tok = load_tokenizer(Path(model_dir), trust_remote_code=trust_remote_code)
         self.eos_id: int = self.tok.eos_token_id
         self.pad_id: int = self.tok.pad_token_id
         cfg_path = Path(model_dir) / "config.json"

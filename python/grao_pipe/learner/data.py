@@ -1,21 +1,35 @@
-"""Groups from score shards, and padded batches of (prompt + continuation) sequences.
+"""Groups from score shards, and padded or packed batches of (prompt + continuation) sequences.
 
 Each group becomes G sample sequences plus one reference sequence. Per-token side inputs
 (behaviour and reference-model log-probs) are aligned with the shifted targets, so a loss can
 read ``x_NT[n, t]`` for the token predicted at position t.
+
+The learner's path: ``StepLoader`` asks ``GroupStore.micro_batches`` for each step's
+micro-batches, which the Rust kernel (``grao_pipe._native.MicroBatcher``, rust/src/microbatch.rs)
+writes straight from the memory-mapped Arrow buffers, one step ahead in a background thread.
+``GroupStore.group`` / ``collate`` / ``pack`` are the same layouts built from Python lists: the
+reference the kernel is tested against, and a way to batch groups built in memory.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from grao_pipe.store import read_shard
+from grao_pipe.errors import DataError
+from grao_pipe.storage.shards import read_shard
 
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
            "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",
@@ -41,7 +55,9 @@ class Group:
     # and objectives that read y give the whole group zero weight (its Â_y was computed
     # against y, so training on the samples alone would be a different objective).
     reference_fits: bool = True
-    rejected: list[int] | None = None  # the dataset's rejected answer + EOS (loaded on request)
+    # The dataset's rejected answer + EOS, when the store reads them (``rejected=True``): empty
+    # where the row has none or it cannot fit (no pair); None: not read.
+    rejected: list[int] | None = None
     ref_rejected: list[float] | None = None
 
 
@@ -65,44 +81,55 @@ class GroupStore:
     """Random access to the kept groups of score shards, with memory flat in dataset size.
 
     Each shard's kept rows are converted once (one shard at a time) to an uncompressed Arrow IPC
-    file under ``cache_dir`` and memory-mapped: slicing a group is zero-copy and the OS pages in
-    only what a step touches. In memory: 3 integers per group.
+    file under ``cache_dir`` (one record batch) and memory-mapped: slicing a group is zero-copy
+    and the OS pages in only what a step touches. In memory: 3 integers per group, and one
+    seen-flag per group for ``stats``.
     """
 
     def __init__(self, shards: list[tuple[Path, str]], cache_dir: Path, max_seq_len: int | None = None,
                  overlong: str = "truncate", rejected: bool = False):
-        import numpy as np
+        from grao_pipe import _native
 
         self.max_seq_len, self.overlong, self.rejected = max_seq_len, overlong, rejected
         self.stats = LoadStats()
-        self.tables = []
+        self.tables: list[pa.RecordBatch] = []
         spans: list[np.ndarray] = []
         for i, (path, sha) in enumerate(shards):
             table = self._open(cache_dir / f"{i:05d}-{sha[:16]}.arrow", path, sha)
             self.stats.rows += table.num_rows
             ids = table["group_id"]
             if table.num_rows:
+                _check_prompts(table, path)
                 change = pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))
                 starts = np.concatenate([[0], pc.indices_nonzero(change).to_numpy() + 1])
                 ends = np.append(starts[1:], table.num_rows)
                 spans.append(np.stack([np.full(len(starts), i), starts, ends - starts], axis=1))
             self.tables.append(table)
-        self.index = np.concatenate(spans) if spans else np.zeros((0, 3), dtype=np.int64)
-        self._seen: set[int] = set()
+        self.index = np.concatenate(spans).astype(np.int64) if spans else np.zeros((0, 3), dtype=np.int64)
+        self._seen = np.zeros(len(self.index), dtype=bool)
+        self._lock = threading.Lock()  # stats are counted from the loader thread and the main one
+        files = [str(cache_dir / f"{i:05d}-{sha[:16]}.arrow") for i, (_, sha) in enumerate(shards)]
+        self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong, names=files,
+                                             rejected=rejected)
 
     @staticmethod
-    def _open(ipc: Path, path: Path, sha: str) -> pa.Table:
+    def _open(ipc: Path, path: Path, sha: str) -> pa.RecordBatch:
         if not ipc.exists():  # one writer per file (rank 0 converts, see prepare_cache)
             table = read_shard(path, "score", sha)
             for name, typ in REJECTED_COLUMNS.items():
                 if name not in table.column_names:
                     table = table.append_column(name, pa.nulls(table.num_rows, typ))
-            table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep"))
+            table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep")).combine_chunks()
             tmp = ipc.with_name(f".tmp-{ipc.name}.{os.getpid()}")
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             tmp.replace(ipc)
-        return pa.ipc.open_file(pa.memory_map(str(ipc))).read_all()
+        reader = pa.ipc.open_file(pa.memory_map(str(ipc)))
+        if reader.num_record_batches == 1:
+            return reader.get_batch(0)  # zero-copy: a view of the mapped file
+        # Empty, or written in several batches (before this file format): one batch in memory.
+        return reader.read_all().combine_chunks().to_batches()[0] if reader.num_record_batches \
+            else pa.RecordBatch.from_pylist([], schema=reader.schema)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -110,8 +137,8 @@ class GroupStore:
     def group(self, k: int) -> Group:
         t, off, n = (int(x) for x in self.index[k])
         rows = self.tables[t].slice(off, n).to_pylist()
-        count = k not in self._seen  # LoadStats count each group once, not once per epoch
-        self._seen.add(k)
+        count = not self._seen[k]  # LoadStats count each group once, not once per epoch
+        self._seen[k] = True
         first = rows[0]
         plen = len(first["prompt_token_ids"])
         fitted = _fit(plen, first["reference_token_ids"], self.max_seq_len, self.overlong)
@@ -123,10 +150,10 @@ class GroupStore:
             self.stats.truncated += count and ref is not first["reference_token_ids"]
         grp = Group(first["group_id"], first["prompt_token_ids"], ref, first["reference_advantage"],
                     ref_lp[: len(ref)] if ref_lp is not None else None, reference_fits=fitted is not None)
-        rejected = first["reference_rejected_token_ids"] if self.rejected else None
-        if rejected is not None:  # a rejected answer that cannot fit gives no pair
-            grp.rejected = _fit(plen, rejected, self.max_seq_len, self.overlong)
-            rej_lp = first["ref_reference_rejected_logprobs"]
+        if self.rejected:  # no pair (empty) where the row has none or it cannot fit; not counted
+            answer = first.get("reference_rejected_token_ids")
+            grp.rejected = (_fit(plen, answer, self.max_seq_len, self.overlong) if answer is not None else None) or []
+            rej_lp = first.get("ref_reference_rejected_logprobs")
             grp.ref_rejected = rej_lp[: len(grp.rejected)] if rej_lp is not None and grp.rejected else None
         for row in rows:
             resp = _fit(plen, row["response_token_ids"], self.max_seq_len, self.overlong)
@@ -143,8 +170,36 @@ class GroupStore:
         return grp
 
 
+    def micro_batches(self, ks: Sequence[int] | np.ndarray, pad_id: int, micro_batch_tokens: int = 0,
+                      pack_tokens: int = 0, fit_rows: bool = True) -> list[MicroBatch]:
+        """Groups ``ks`` (in this order) as micro-batches of at most ``micro_batch_tokens`` tokens,
+        each padded and, with ``pack_tokens``, packed into rows of at most
+        ``max(pack_tokens, longest sequence)`` tokens, as narrow as the packing allows
+        (``fit_rows=False``: exactly that wide). Equal to ``micro_batches`` / ``collate`` / ``pack``
+        over ``group(k)``, built by the Rust kernel from the mapped buffers (GIL released)."""
+        ks = np.asarray(ks, dtype=np.int64)
+        out = self._batcher.build(pa.array(self.index[ks].ravel()), pad_id=pad_id,
+                                  micro_batch_tokens=micro_batch_tokens, pack_tokens=pack_tokens, fit_rows=fit_rows)
+        _, first = np.unique(ks, return_index=True)
+        with self._lock:  # LoadStats count each group once, not once per epoch
+            new = first[~self._seen[ks[first]]]
+            self.stats.truncated += int(np.asarray(out["truncated"])[new].sum())
+            self.stats.skipped += int(np.asarray(out["skipped"])[new].sum())
+            self._seen[ks] = True
+        return [_micro_batch(d) for d in out["micro_batches"]]
+
+
+def _check_prompts(table: pa.RecordBatch, path: Path) -> None:
+    lengths = pc.list_value_length(table["prompt_token_ids"])
+    if pc.min(lengths).as_py() == 0:
+        row = pc.index(lengths, 0).as_py()
+        raise DataError(f"{path}: kept row {row} (group_id {table['group_id'][row].as_py()}) has an empty "
+                        "prompt_token_ids; the learner needs a prompt token before every continuation. "
+                        "Drop the row (keep=false) or re-run score")
+
 def group_tokens(g: Group) -> int:
-    return sum(len(g.prompt) + len(r) for r in g.responses) + len(g.prompt) + len(g.reference)
+    rejected = len(g.prompt) + len(g.rejected) if g.rejected is not None else 0
+    return sum(len(g.prompt) + len(r) for r in g.responses) + len(g.prompt) + len(g.reference) + rejected
 
 
 def micro_batches(groups: list[Group], budget: int) -> list[list[Group]]:
@@ -180,8 +235,8 @@ class Batch:
     padded_tokens: int
     behaviour_known_N: torch.Tensor  # bool: the sequence has behaviour log-probs
     reference_fits_B: torch.Tensor  # 1.0 where the group's reference is usable (see Group)
-    # 1.0 where the group has a usable rejected answer. When any group was loaded with one,
-    # B rejected sequences follow the references (rows n_samples+B .. n_samples+2B).
+    # 1.0 where the group has a usable rejected answer. When rejected answers were read, B
+    # rejected sequences follow the references (rows n_samples+B .. n_samples+2B).
     rejected_mask_B: torch.Tensor
 
     @property
@@ -210,8 +265,7 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
                 seqs.append((grp.prompt[:1] or [pad_id], 1, None, None))
     for grp in groups:
         seqs.append((grp.prompt + grp.reference, len(grp.prompt), None, grp.ref_reference))
-    rejected_mask_B = torch.tensor([float(bool(x.rejected)) for x in groups])
-    if any(x.rejected is not None for x in groups):  # no pair: an empty continuation
+    if any(x.rejected is not None for x in groups):  # no pair: the prompt alone
         seqs += [(grp.prompt + (grp.rejected or []), len(grp.prompt), None, grp.ref_rejected) for grp in groups]
     t = max(len(s) for s, *_ in seqs)
     n = len(seqs)
@@ -229,9 +283,10 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
     real = int(attn.sum())
     known = torch.tensor([beh is not None for _, _, beh, _ in seqs])
     fits = torch.tensor([float(x.reference_fits) for x in groups])
+    rejected = torch.tensor([float(bool(x.rejected)) for x in groups])
     return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
                  torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t,
-                 known, fits, rejected_mask_B)
+                 known, fits, rejected)
 
 
 @dataclass(frozen=True)
@@ -297,3 +352,131 @@ def pack(batch: Batch, budget: int, pad_id: int) -> Packed:
     t = torch.tensor
     return Packed(ids, pos, seg, t(src_row, dtype=torch.long), t(src_col, dtype=torch.long),
                   t(dst_seq, dtype=torch.long), t(dst_pos, dtype=torch.long), int(sum(fill)), n_rows * budget)
+
+
+
+class MicroBatch(NamedTuple):
+    batch: Batch
+    packed: Packed | None  # None: the forward runs on the padded batch
+
+
+def _tensor(x: object) -> torch.Tensor:
+    """A Rust-allocated array (``_native.NdArray``) as a tensor sharing its memory."""
+    return torch.from_numpy(np.asarray(x))
+
+
+def _micro_batch(d: dict) -> MicroBatch:
+    t = {k: _tensor(v) for k, v in d.items() if k != "packed" and not isinstance(v, int)}
+    batch = Batch(t["input_ids"], t["attention_mask"], t["loss_mask"], t["behaviour"], t["reference"],
+                  t["advantage"], t["reward"], t["reference_advantage"], t["sample_mask"], d["n_samples"],
+                  d["real_tokens"], d["padded_tokens"], t["behaviour_known"] > 0, t["reference_fits"],
+                  t["rejected_mask"])
+    p = d["packed"]
+    if p is None:
+        return MicroBatch(batch, None)
+    pt = {k: _tensor(v) for k, v in p.items() if not isinstance(v, int)}
+    return MicroBatch(batch, Packed(pt["input_ids"], pt["position_ids"], pt["segment"], pt["src_row"], pt["src_col"],
+                                    pt["dst_seq"], pt["dst_pos"], p["real_tokens"], p["padded_tokens"]))
+
+
+def epoch_order(n_groups: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of all groups in an epoch: a pure function of (seed, epoch), so a resumed run
+    sees the same data."""
+    return torch.randperm(n_groups, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+@dataclass
+class Step:
+    """One rank's micro-batches of a step."""
+
+    step: int
+    micro: list[MicroBatch]
+    first_group: int  # the rank's first group: what a zero-weight filler forward runs on
+    wait_s: float = 0.0  # how long the training loop waited for this step's data
+
+
+class StepLoader:
+    """One rank's micro-batches for steps ``start .. stop-1``, built ahead of time.
+
+    A step takes ``step_size`` groups of the epoch's order (``epoch_order``), and rank r of
+    ``world`` trains on every world-th of them from r. A background thread builds up to
+    ``prefetch`` steps ahead with ``GroupStore.micro_batches`` (the kernel releases the GIL), so
+    the training loop waits only when the loader falls behind: ``Step.wait_s``.
+    """
+
+    def __init__(self, store: GroupStore, *, seed: int, step_size: int, rank: int, world: int, pad_id: int,
+                 micro_batch_tokens: int = 0, pack_tokens: int = 0, start: int = 0, stop: int | None = None,
+                 prefetch: int = 1):
+        self.store, self.seed, self.step_size = store, seed, step_size
+        self.rank, self.world = rank, world
+        self.pad_id, self.micro_batch_tokens, self.pack_tokens = pad_id, micro_batch_tokens, pack_tokens
+        self.steps_per_epoch = len(store) // step_size
+        self.next_step = start
+        self.stop = self.steps_per_epoch if stop is None else stop
+        self._queue: queue.Queue[Step | BaseException] = queue.Queue(maxsize=max(prefetch, 1))
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(start,), name="grao-loader", daemon=True)
+        self._thread.start()
+        # A daemon thread still running at interpreter exit is torn down mid-call, which can
+        # abort the process: stop it first, also when the training loop raised.
+        atexit.register(self.close)
+
+    def groups_of(self, step: int, order: np.ndarray | None = None) -> np.ndarray:
+        """This rank's groups of ``step``, in training order."""
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if order is None:
+            order = epoch_order(len(self.store), self.seed, epoch).numpy()
+        return order[s * self.step_size : (s + 1) * self.step_size][self.rank :: self.world]
+
+    def _produce(self, start: int) -> None:
+        epoch, order = -1, np.zeros(0, dtype=np.int64)
+        for step in range(start, self.stop):
+            try:
+                if step // self.steps_per_epoch != epoch:  # one permutation per epoch, not per step
+                    epoch = step // self.steps_per_epoch
+                    order = epoch_order(len(self.store), self.seed, epoch).numpy()
+                ks = self.groups_of(step, order)
+                item: Step | BaseException = Step(step, self._build(ks), int(ks[0]))
+            except BaseException as e:  # handed to the training loop, which raises it
+                item = e
+            while not self._closed.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException) or self._closed.is_set():
+                return
+
+    def _build(self, ks: np.ndarray) -> list[MicroBatch]:
+        return self.store.micro_batches(ks, self.pad_id, self.micro_batch_tokens, self.pack_tokens)
+
+    def __iter__(self) -> StepLoader:
+        return self
+
+    def __next__(self) -> Step:
+        if self.next_step >= self.stop:
+            raise StopIteration
+        t0 = time.perf_counter()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        item.wait_s = time.perf_counter() - t0
+        self.next_step += 1
+        if self.next_step == self.stop:
+            self.close()  # the producer is done: let its thread end
+        return item
+
+    def filler(self, step: Step) -> MicroBatch:
+        """A micro-batch for a zero-weight forward (a rank with fewer micro-batches than another
+        keeps in step with it): the step's first group alone. Its build time counts as waiting."""
+        t0 = time.perf_counter()
+        mb = self._build(np.array([step.first_group]))[0]
+        step.wait_s += time.perf_counter() - t0
+        return mb
+
+    def close(self) -> None:
+        """Stops the background thread (waiting for a build in progress); idempotent."""
+        self._closed.set()
+        self._thread.join()
+        atexit.unregister(self.close)

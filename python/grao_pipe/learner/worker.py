@@ -23,23 +23,14 @@ import torch.distributed as dist
 
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner import attention, checkpoint
-from grao_pipe.learner.data import Group, GroupStore, collate, micro_batches, pack
+from grao_pipe.learner.data import GroupStore, StepLoader
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import policy_state_dict
+from grao_pipe.learner.metric_logging import make_loggers
 from grao_pipe.learner.objectives import learner_model, step_loss, uses_rejected
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
-
-
-def tensorboard_writer(log_dir: Path, start_step: int) -> Any:
-    """A SummaryWriter (imported lazily: tensorboard is optional) that drops events from
-    ``start_step`` on, so a resumed run does not show the crashed run's later steps twice."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # torch.utils.tensorboard imports the tensorboard package
-        raise SystemExit("train: train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(str(log_dir), purge_step=start_step or None)
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -60,15 +51,16 @@ def main(spec_path: str) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
+    quiet()
     model_dir = spec["model_dir"]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # local_files_only: the export's tokenizer_config.json must not depend on the environment.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if cfg.attn_implementation == attention.FLEX and not use_cuda:
         raise SystemExit("train: attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
                          "backward on CPU); use train.attn_implementation=sdpa")
-    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
                                               attn_implementation=cfg.attn_implementation)
     lm.to(device)  # type: ignore[arg-type]
     if cfg.activation_checkpointing:
@@ -94,7 +86,6 @@ def main(spec_path: str) -> None:
         raise SystemExit(f"train: {len(groups)} usable groups cannot feed {world} ranks; lower train.nproc")
     steps_per_epoch = len(groups) // step_size
     total_steps = steps_per_epoch * cfg.epochs
-    metrics_path = out / "metrics.jsonl"
     ckpt_root = out / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
 
@@ -108,23 +99,19 @@ def main(spec_path: str) -> None:
         start = int(extra["step"])
         sched.last_epoch = start - 1
         sched.step()  # restore the LR of step `start`
-        if rank == 0 and metrics_path.exists():  # drop lines logged after the checkpoint
-            kept = metrics_path.read_text().splitlines()[:start]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif rank == 0:
-        metrics_path.unlink(missing_ok=True)
-    # Resumed: events logged after the checkpoint's step are purged, as metrics.jsonl lines are.
-    writer = tensorboard_writer(out / "tensorboard", start) if cfg.tensorboard and rank == 0 else None
+    # Resumed: what was logged after the checkpoint's step is dropped (JSONL, TensorBoard).
+    loggers = make_loggers(cfg.logging, out, spec["run_id"], spec["train"], start) if rank == 0 else None
 
     peak = next((v for k, v in PEAK_FLOPS.items() if use_cuda and k in torch.cuda.get_device_name()), None)
     fail_at = int(os.environ.get("GRAO_PIPE_KILL_AT_STEP", -1))  # fault injection for the resume test
+    loader = StepLoader(groups, seed=cfg.seed, step_size=step_size, rank=rank, world=world, pad_id=pad_id,
+                        micro_batch_tokens=cfg.micro_batch_tokens, pack_tokens=cfg.pack_tokens, start=start,
+                        stop=total_steps)
     for step in range(start, total_steps):
-        epoch, s = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        epoch = step // steps_per_epoch
         t0 = time.perf_counter()
-        idx = order[s * step_size : (s + 1) * step_size].tolist()
-        mine: list[Group] = [groups.group(i) for i in idx[rank::world]]
-        micro = micro_batches(mine, cfg.micro_batch_tokens)
+        data = next(loader)  # built ahead in the loader's thread
+        micro = data.micro
         # Every rank must run the same number of forwards (FSDP all-gathers in each one).
         n_micro = torch.tensor([len(micro)], device=device)
         dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
@@ -134,8 +121,7 @@ def main(spec_path: str) -> None:
         real_tokens = padded_tokens = 0
         for i in range(int(n_micro)):
             dummy = i >= len(micro)  # this rank ran out: a zero-weight forward keeps ranks in step
-            batch = collate(micro[0][:1] if dummy else micro[i], pad_id)
-            packed = pack(batch, max(cfg.pack_tokens, batch.input_ids_NT.shape[1]), pad_id) if cfg.pack_tokens else None
+            batch, packed = loader.filler(data) if dummy else micro[i]
             loss_B, terms, diag = step_loss(model, batch, cfg, device, packed)
             model.set_requires_gradient_sync(i == int(n_micro) - 1)  # type: ignore[operator]
             # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
@@ -171,18 +157,14 @@ def main(spec_path: str) -> None:
                 "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                 "lr": sched.get_last_lr()[0], "groups": step_size, "real_tokens": int(real),
                 "padding_fraction": 1 - real / max(padded, 1), "tokens_per_s": real / dt,
+                "data_wait_fraction": data.wait_s / dt,  # rank 0's time waiting for its batches
                 # 6·N·tokens training FLOPs (attention excluded) over the peak of all devices.
                 "mfu": 6 * n_params * real / dt / (peak * world) if peak else None,
             }
             if not all(math.isfinite(v) for v in vals):
                 raise FloatingPointError(f"non-finite loss at step {step}: {rec}")
-            with open(metrics_path, "a") as f:  # appended per step: a crash keeps what was logged
-                f.write(json.dumps(rec) + "\n")
-            if writer is not None:
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                        writer.add_scalar(f"train/{k}", v, step)
-                writer.flush()
+            assert loggers is not None
+            loggers.log(step, rec)
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
             checkpoint.save(ckpt_root, done, model, opt, {"step": done, "spec_digest": spec["spec_digest"]})
@@ -196,8 +178,8 @@ def main(spec_path: str) -> None:
     counts = torch.tensor([groups.stats.truncated, groups.stats.skipped], device=device)
     dist.all_reduce(counts)
     load_stats = {"rows": groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
-    if writer is not None:
-        writer.close()
+    if loggers is not None:
+        loggers.close()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         # Eager attention: the export only holds weights (config.json does not record the kernel).

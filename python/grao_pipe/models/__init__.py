@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from grao_pipe.errors import InputError
-from grao_pipe.store import content_sha256
+from grao_pipe.storage.shards import content_sha256
 
 # Files that decide what a policy computes: weights, tokenizer, chat template, configs.
 _DIGEST_GLOBS = ("*.safetensors", "*.bin", "config.json", "generation_config.json",

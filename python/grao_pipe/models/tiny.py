@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from grao_pipe.config import TinyModelConfig
-from grao_pipe.store import digest
+from grao_pipe.hashing import digest
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
@@ -37,19 +37,26 @@ def _train_tokenizer(corpus: Iterable[str]):  # -> PreTrainedTokenizerFast
     return out
 
 
+def tiny_model_key(cfg: TinyModelConfig, corpus: list[str]) -> str:
+    """What the tiny model is a function of: its config, its tokenizer corpus and this builder.
+    Cache keys use it as the model's digest, so computing a key never builds the model."""
+    return digest({"tiny": cfg.model_dump(), "corpus": corpus, "v": 2})[:16]
+
+
 def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) -> Path:
     """Return the directory of the tiny model for (cfg, corpus), building it once."""
-    key = digest({"tiny": cfg.model_dump(), "corpus": corpus, "v": 2})[:16]
-    out = cache_root / f"tiny-qwen2-{key}"
+    out = cache_root / f"tiny-qwen2-{tiny_model_key(cfg, corpus)}"
     if (out / "config.json").is_file():
         return out
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.extras import require
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
+    require("the embedded tiny model (model.path: null)", "torch", "transformers")
+    quiet()
 
     tokenizer = _train_tokenizer(corpus)
     config = Qwen2Config(

@@ -1,44 +1,63 @@
 """Scorers: R(o, y), the reward of a response relative to the prompt's reference answer.
 
 Kinds: ``function`` (Python), ``judge`` (comparative LLM judge, design §5), ``reward_model``
-(scalar sequence classifier, R = r(o) - r(y)). Several combine with weights.
+(scalar sequence classifier, R = r(o) - r(y)). Several combine with weights. A scorer gets its
+own config section and the local paths of the files it reads (``ScorerFiles``, resolved by the
+pipeline), never the whole pipeline config.
 """
 
 from __future__ import annotations
 
-from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, ScorerConfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, ScorerConfig, keyed
+from grao_pipe.hashing import digest
 from grao_pipe.scoring.base import Scorer, ScoreResult
-from grao_pipe.store import digest
 
-__all__ = ["ScoreResult", "Scorer", "build", "scorer_files", "scorer_key"]
+__all__ = ["ScoreResult", "Scorer", "ScorerFiles", "build", "scorer_files", "scorer_key"]
 
 
-def scorer_files(cfg: ScorerConfig) -> dict[str, str]:
-    """Content digests of the files a scorer reads (model weights, judge template): one replaced
-    in place under the same path or URL changes the rewards, so it must change the keys too."""
-    from grao_pipe.models import policy_digest
-    from grao_pipe.remote import local_input
-    from grao_pipe.store import content_sha256
+@dataclass(frozen=True)
+class ScorerFiles:
+    """Local paths of the files a scorer reads."""
 
-    files = {}
+    model: Path | None = None  # reward model, or the local judge's model directory
+    template: Path | None = None  # judge template
+
+    def digests(self) -> dict[str, str]:
+        """Content digests: a file replaced in place under the same path or URL changes the
+        rewards, so it changes the keys too."""
+        from grao_pipe.models import policy_digest
+        from grao_pipe.storage import content_sha256
+
+        out = {}
+        if self.model is not None:
+            out["model"] = policy_digest(self.model)
+        if self.template is not None:
+            out["template"] = content_sha256(self.template)
+        return out
+
+
+def scorer_files(cfg: ScorerConfig, resolve: Callable[[str], Path]) -> ScorerFiles:
+    """The files ``cfg`` reads, as local paths (``resolve``: the pipeline's input resolver)."""
     if isinstance(cfg, RewardModelScorer):
-        files["model"] = policy_digest(local_input(cfg.path))
-    if isinstance(cfg, JudgeScorer) and cfg.backend == "hf":
-        files["model"] = policy_digest(local_input(cfg.model))
-    if isinstance(cfg, JudgeScorer) and cfg.template:
-        files["template"] = content_sha256(local_input(cfg.template))
-    return files
+        return ScorerFiles(model=resolve(cfg.path))
+    if isinstance(cfg, JudgeScorer):
+        return ScorerFiles(model=resolve(cfg.model) if cfg.backend == "hf" else None,
+                           template=resolve(cfg.template) if cfg.template else None)
+    return ScorerFiles()
 
 
-def scorer_key(cfg: ScorerConfig) -> str:
-    """Cache key of a scorer's raw rewards: its config without the weight (and without knobs
-    that cannot change the values, like concurrency), and the contents of the files it reads."""
-    dumped = cfg.model_dump(exclude={"weight", "concurrency", "timeout_s", "max_retries", "batch_size"})
-    files = scorer_files(cfg)
-    return digest({**dumped, "files": files} if files else dumped)
+def scorer_key(cfg: ScorerConfig, files: ScorerFiles) -> str:
+    """Cache key of a scorer's raw rewards: its keyed config without the weight (the raw value
+    does not depend on it), and the contents of the files it reads."""
+    section = {k: v for k, v in keyed(cfg).items() if k != "weight"}
+    return digest({**section, "files": files.digests()})
 
 
-def build(cfg: ScorerConfig) -> Scorer:
+def build(cfg: ScorerConfig, files: ScorerFiles) -> Scorer:
     if isinstance(cfg, FunctionScorer):
         from grao_pipe.scoring.function import FunctionScorerImpl
 
@@ -46,9 +65,10 @@ def build(cfg: ScorerConfig) -> Scorer:
     if isinstance(cfg, JudgeScorer):
         from grao_pipe.scoring.judge import Judge
 
-        return Judge(cfg)
+        return Judge(cfg, files)
     if isinstance(cfg, RewardModelScorer):
         from grao_pipe.scoring.reward_model import RewardModel
 
-        return RewardModel(cfg)
+        assert files.model is not None
+        return RewardModel(cfg, files.model)
     raise TypeError(type(cfg).__name__)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import re
 from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
-from grao_pipe.remote import local_input
 from grao_pipe.scoring.base import ScoreResult
+
+if TYPE_CHECKING:
+    from grao_pipe.scoring import ScorerFiles
 
 CRITERIA = {
     "helpful": "Which text is the more helpful reply to the context: accurate, relevant, complete and clear?",
@@ -42,10 +46,9 @@ def parse_verdict(answer: str) -> int | None:
     return verdicts.pop() if len(verdicts) == 1 else None
 
 
-def load_template(path: str | None) -> str:
-    if path is None:
+def load_template(p: Path | None) -> str:
+    if p is None:
         return (resources.files("grao_pipe") / "data" / "judge_template.txt").read_text()
-    p = local_input(path)
     if not p.is_file():
         raise ConfigError(f"score.scorers[judge].template: file {p} does not exist")
     text = p.read_text()
@@ -56,22 +59,23 @@ def load_template(path: str | None) -> str:
 
 
 class Judge:
-    def __init__(self, cfg: JudgeScorer):
+    def __init__(self, cfg: JudgeScorer, files: ScorerFiles):
         self.cfg = cfg
         self.name = cfg.name
-        self.template = load_template(cfg.template)
+        self.template = load_template(files.template)
         self.criterion = CRITERIA.get(cfg.criterion, cfg.criterion)
         if cfg.backend == "openai":
             if not cfg.base_url:
                 raise ConfigError(f"score.scorers[{cfg.name}].base_url is required for the openai backend")
-            from grao_pipe.openai_client import OpenAIClient
+            from grao_pipe.openai_client import OpenAIEndpoint
 
-            self._client = OpenAIClient(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
-                                        max_retries=cfg.max_retries, concurrency=cfg.concurrency)
+            self._client = OpenAIEndpoint(cfg.base_url, os.environ.get(cfg.api_key_env), timeout_s=cfg.timeout_s,
+                                          max_retries=cfg.max_retries, concurrency=cfg.concurrency)
         else:
             from grao_pipe.scoring.local_lm import LocalChat
 
-            self._local = LocalChat(cfg.model, max_new_tokens=cfg.max_tokens)
+            assert files.model is not None
+            self._local = LocalChat(files.model, max_new_tokens=cfg.max_tokens)
 
     def prompt(self, context: str, text1: str, text2: str) -> str:
         return self.template.format(context=context, text1=text1, text2=text2, criterion=self.criterion)
@@ -82,7 +86,7 @@ class Judge:
 
             bodies = [{"model": self.cfg.model, "messages": [{"role": "user", "content": p}],
                        "max_tokens": self.cfg.max_tokens, "temperature": 0.0, "seed": 0} for p in prompts]
-            return [message_text(r) for r in self._client.chat_many(bodies)]
+            return [message_text(r) for r in self._client.map(self._client.chat, bodies)]
         return self._local.complete(prompts)
 
     def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:

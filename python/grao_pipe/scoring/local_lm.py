@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from grao_pipe.errors import InputError
-from grao_pipe.remote import local_input
+from pathlib import Path
 
 
 class LocalChat:
-    def __init__(self, model_dir: str, max_new_tokens: int = 16, batch_size: int = 16):
+    def __init__(self, path: Path, max_new_tokens: int = 16, batch_size: int = 16):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from grao_pipe._quiet import quiet_transformers
+        from grao_pipe import hf
 
-        quiet_transformers()
-        path = local_input(model_dir)
-        if not (path / "config.json").is_file():
-            raise InputError(f"judge model {model_dir} is not a Hugging Face model directory")
         self._torch = torch
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.tok = hf.load_tokenizer(path, padding_side="left", purpose="the local judge (backend: hf)")
+        self.model = hf.load_model(path, purpose="the local judge (backend: hf)")
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 
@@ -36,7 +27,7 @@ class LocalChat:
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             texts = [self._render(p) for p in prompts[i : i + self.batch_size]]
-            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
             with self._torch.no_grad():
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
                                           pad_token_id=self.tok.pad_token_id)

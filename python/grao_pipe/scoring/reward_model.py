@@ -7,46 +7,37 @@ token, so a sequence's score does not depend on which batch it landed in.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from grao_pipe.config import RewardModelScorer
-from grao_pipe.errors import InputError
-from grao_pipe.remote import local_input
 from grao_pipe.scoring.base import ScoreResult
 
 
 class RewardModel:
-    def __init__(self, cfg: RewardModelScorer):
+    def __init__(self, cfg: RewardModelScorer, path: Path):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from grao_pipe._quiet import quiet_transformers
+        from grao_pipe import hf
 
-        quiet_transformers()
-        path = local_input(cfg.path)
-        if not (path / "config.json").is_file():
-            raise InputError(f"score.scorers[{cfg.name}].path: {cfg.path} is not a Hugging Face model directory")
+        purpose = f"score.scorers[{cfg.name}] (reward model)"
         self.cfg = cfg
         self.name = cfg.name
         self._torch = torch
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.tok = hf.load_tokenizer(path, purpose=purpose)
+        self.model = hf.load_model(path, kind="sequence_classifier", purpose=purpose)
 
     def rewards(self, texts: list[str]) -> list[float]:
         """r(text) for each text, batched by length."""
         torch = self._torch
         ids = [self.tok(t, add_special_tokens=True, truncation=True, max_length=self.cfg.max_length)["input_ids"]
                for t in texts]
+        from grao_pipe import hf
+
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out = [0.0] * len(ids)
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         for b in range(0, len(order), self.cfg.batch_size):
             idx = order[b : b + self.cfg.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            x = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros(len(idx), width, dtype=torch.long)
-            for r, i in enumerate(idx):
-                x[r, : len(ids[i])] = torch.tensor(ids[i])
-                mask[r, : len(ids[i])] = 1
+            x, mask = (t.to(self.model.device) for t in hf.pad([ids[i] for i in idx], self.tok.pad_token_id))
             with torch.no_grad():
                 # Read the score at each sequence's own last token (not via pad-token search,
                 # which breaks when pad == eos appears in the text).

@@ -1,56 +1,33 @@
-"""``grao-pipe eval``: RAS and NAG (design §5) of the trained model against the base model.
+"""``grao-pipe eval``: RAS and NAG (design §5) of a round's trained model against the base model.
 
 Both models answer the same held-out prompts (one sample each, seeded); a comparative scorer
-gives R(o, y) against the reference for each answer. Results: ``<workdir>/eval/<key>/eval.json``
-plus every answer and its R in ``answers.jsonl``. Cached like any stage.
+gives R(o, y) against the reference for each answer. Output: ``<workdir>/eval/<key>/`` with
+``eval.json`` (the metrics, also the manifest's stats) and every answer with its R in
+``answers.jsonl``. Cached like any stage.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
 
 from grao_pipe import metrics, scoring
-from grao_pipe.config import DataConfig, PipelineConfig
-from grao_pipe.generation import make_sampler
+from grao_pipe.config import keyed
+from grao_pipe.errors import DataError
+from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
-from grao_pipe.prompts import load_prompts, prompt_set_fingerprint
-from grao_pipe.remote import ensure_local, local_input, local_workdir
-from grao_pipe.stages.common import (
-    StageRef,
-    base_model_dir,
-    model_digest,
-    require,
-    stage_lock,
-    train_ref,
-)
-from grao_pipe.stages.generate import prepare_requests
-from grao_pipe.store import atomic_write_bytes, digest
+from grao_pipe.manifests import EvalManifest, EvalStats
+from grao_pipe.prompts import load_prompt_set
+from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.storage import content_sha256
 
-
-def _models(cfg: PipelineConfig) -> tuple[Path, Path]:
-    base = local_input(cfg.eval.base_model) if cfg.eval.base_model else base_model_dir(cfg)
-    if cfg.eval.model:
-        return base, local_input(cfg.eval.model)
-    last = train_ref(cfg, cfg.run.rounds)
-    require(last, "eval")
-    return base, ensure_local(last.directory / "model")
-
-
-def _answers(cfg: PipelineConfig, model: Path, data: DataConfig) -> tuple[list[Any], list[str]]:
-    ec = cfg.eval
-    gen = cfg.generate.model_copy(update={"num_samples": 1, "temperature": ec.temperature, "backend": "hf",
-                                         "max_new_tokens": ec.max_new_tokens or cfg.generate.max_new_tokens})
-    run_cfg = cfg.model_copy(update={"generate": gen})
-    tok = PolicyTokenizer(model, cfg.model.trust_remote_code)
-    sampler = make_sampler(run_cfg, model, tok)
-    requests, _, _ = prepare_requests(run_cfg, tok, load_prompts(data))
-    texts: list[str] = []
-    for b in range(0, len(requests), ec.batch_size):
-        batch = requests[b : b + ec.batch_size]
-        texts += [g[0].text for g in sampler.sample(batch, ec.seed + b)]
-    return requests, texts
+if TYPE_CHECKING:
+    from grao_pipe.pipeline import Pipeline, Policy
+    from grao_pipe.prompts import Prompt
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -58,36 +35,92 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(valid) / len(valid) if valid else None
 
 
-def run(cfg: PipelineConfig, force: bool = False) -> dict[str, Any]:
-    base, post = _models(cfg)
-    data = cfg.data.model_copy(update={"prompts": cfg.eval.prompts or cfg.data.prompts, "limit": cfg.eval.limit})
-    scorer_cfg = cfg.eval.scorer or cfg.score.scorers[0]
-    key = digest({"v": 2, "eval": cfg.eval.model_dump(), "scorer": scoring.scorer_key(scorer_cfg),
-                  "prompts": prompt_set_fingerprint(data), "base": model_digest(str(base)), "post": model_digest(str(post))})
-    out_dir = local_workdir(cfg.workdir) / "eval" / key[:16]
-    result_path = out_dir / "eval.json"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with stage_lock(StageRef("eval", 0, key, out_dir, {}, {})):
-        if result_path.is_file() and not force:
-            return {**json.loads(result_path.read_text()), "cached": True}
-        scorer = scoring.build(scorer_cfg)
-        requests, post_texts = _answers(cfg, post, data)
-        _, pre_texts = _answers(cfg, base, data)
-        prompts = [r.text for r in requests]
+class Eval(Stage):
+    name = "eval"
+    help = "RAS and NAG of a round's trained model vs the base model, with N and 95% intervals."
+    in_run = False  # ``grao-pipe run`` adds it after the last round with run.eval=true
+
+    def _models(self, p: Pipeline, round_: int) -> tuple[Policy, Policy]:
+        ec = p.cfg.eval
+        base = p.model_at(ec.base_model) if ec.base_model else p.policy(1)
+        post = p.model_at(ec.model) if ec.model else p.trained_policy(round_, f"eval (round {round_})")
+        return base, post
+
+    def _prompts_location(self, p: Pipeline) -> str:
+        return p.cfg.eval.prompts or p.cfg.data.prompts
+
+    def target(self, p: Pipeline, round_: int) -> Target:
+        ec = p.cfg.eval
+        base, post = self._models(p, round_)
+        scorer = ec.scorer or p.cfg.score.scorers[0]
+        data = keyed(p.cfg.data) | {"limit": ec.limit}
+        inputs = {"prompts": {"sha256": content_sha256(p.input(self._prompts_location(p))), **data},
+                  "scorer": scoring.scorer_key(scorer, p.scorer_files(scorer)), "base": base.digest, "model": post.digest}
+        return self.make_target(p, round_, {"eval": keyed(ec), "generate": keyed(p.cfg.generate)}, inputs)
+
+    def _answers(self, p: Pipeline, model: Path, prompts: list[Prompt]) -> tuple[list[Any], list[str]]:
+        ec = p.cfg.eval
+        gen = p.cfg.generate.model_copy(update={"num_samples": 1, "temperature": ec.temperature, "backend": "hf",
+                                                "max_new_tokens": ec.max_new_tokens or p.cfg.generate.max_new_tokens})
+        tok = PolicyTokenizer(model, p.cfg.model.trust_remote_code)
+        sampler = make_sampler(gen, model, tok, p.cfg.model.trust_remote_code)
+        requests, _, _ = prepare_requests(gen, tok, prompts)
+        texts: list[str] = []
+        for b in range(0, len(requests), ec.batch_size):
+            batch = requests[b : b + ec.batch_size]
+            texts += [g[0].text for g in sampler.sample(batch, ec.seed + b)]
+        return requests, texts
+
+    def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
+        ec = p.cfg.eval
+        timer = Timer()
+        base, post = self._models(p, target.round)
+        data = p.cfg.data.model_copy(update={"limit": ec.limit})
+        prompts = load_prompt_set(p.input(self._prompts_location(p)), data).prompts
+        scorer_cfg = ec.scorer or p.cfg.score.scorers[0]
+        scorer = scoring.build(scorer_cfg, p.scorer_files(scorer_cfg))
+        requests, post_texts = self._answers(p, post.local_dir(), prompts)
+        _, pre_texts = self._answers(p, base.local_dir(), prompts)
+        texts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
-        r_post = scorer.score(prompts, post_texts, refs)
-        r_pre = scorer.score(prompts, pre_texts, refs)
+        r_post = scorer.score(texts, post_texts, refs)
+        r_pre = scorer.score(texts, pre_texts, refs)
+        n_valid = sum(a is not None and b is not None for a, b in zip(r_post.values, r_pre.values, strict=True))
+        if n_valid == 0:
+            raise DataError(f"eval (round {target.round}): no prompt has a valid score for both models "
+                            f"({len(requests)} prompts; unparseable judge answers {r_post.unparseable + r_pre.unparseable}, "
+                            f"scorer errors {r_post.errors + r_pre.errors}); fix the scorer and re-run")
         result = {
-            "n_prompts": len(requests),
-            "base_model": str(base), "model": str(post), "scorer": scorer_cfg.name,
+            "n_prompts": len(requests), "scorer": scorer_cfg.name,
             "invalid": {"model": sum(v is None for v in r_post.values), "base": sum(v is None for v in r_pre.values)},
             "mean_reward": {"model": _mean(r_post.values), "base": _mean(r_pre.values)},
             "ras": {k: e.as_dict() for k, e in metrics.ras(r_post.values).items()},
             "ras_base": {k: e.as_dict() for k, e in metrics.ras(r_pre.values).items()},
             "nag": {k: e.as_dict() for k, e in metrics.nag(r_post.values, r_pre.values).items()},
         }
-        rows = [{"prompt": p, "reference": y, "model": o, "base": b, "r_model": rp, "r_base": rb}
-                for p, y, o, b, rp, rb in zip(prompts, refs, post_texts, pre_texts, r_post.values, r_pre.values, strict=True)]
-        atomic_write_bytes(out_dir / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
-        atomic_write_bytes(result_path, json.dumps(result, indent=2).encode())
-        return {**result, "cached": False, "path": str(result_path)}
+        rows = [{"prompt": q, "reference": y, "model": o, "base": b, "r_model": rp, "r_base": rb}
+                for q, y, o, b, rp, rb in zip(texts, refs, post_texts, pre_texts, r_post.values, r_pre.values, strict=True)]
+        target.dir.write_file("answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        stats = EvalStats.model_validate({**result, "seconds": round(timer.seconds, 3)})
+        # allow_nan=False: eval.json is strict JSON that any tool reads.
+        target.dir.write_file("eval.json", json.dumps(stats.model_dump(), indent=2, allow_nan=False).encode())
+        manifest = EvalManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
+                                shards=[], stats=stats)
+        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+
+    def size(self, m: object) -> str:
+        assert isinstance(m, EvalManifest)
+        return f"{m.stats.n_prompts} prompts"
+
+    def report(self, o: Outcome, console: Console) -> None:
+        super().report(o, console)
+        if not isinstance(o.manifest, EvalManifest):
+            return
+        st = o.manifest.stats
+        table = Table(title=f"eval on {st.n_prompts} prompts (scorer {st.scorer}){' (cached)' if o.cached else ''}")
+        for col in ("metric", "value", "95% CI", "N"):
+            table.add_column(col, justify="right")
+        for name, group in (("RAS", st.ras), ("RAS (base)", st.ras_base), ("NAG", st.nag)):
+            for kind, e in group.items():
+                table.add_row(f"{name} {kind}", f"{e.value:.3f}", f"[{e.low:.3f}, {e.high:.3f}]", str(e.n))
+        console.print(table)

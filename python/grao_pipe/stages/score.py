@@ -7,52 +7,39 @@ never a scorer; adding a scorer runs only that one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from grao_pipe import advantages, scoring
-from grao_pipe.config import PipelineConfig, ScorerConfig
+from grao_pipe.config import GROUP_OBJECTIVES, PipelineConfig, ScorerConfig, keyed
 from grao_pipe.errors import DataError
-from grao_pipe.remote import ensure_local, local_workdir
-
-if TYPE_CHECKING:
-    from grao_pipe.reference_model import ReferenceModel
+from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats
 from grao_pipe.schemas import META_ERRORS, META_UNPARSEABLE
 from grao_pipe.scoring.base import Scorer
-from grao_pipe.stages.common import (
-    Outcome,
-    StageRef,
-    Timer,
-    generate_ref,
-    prepare,
-    require,
-    score_ref,
-    stage_lock,
-)
-from grao_pipe.store import (
-    file_sha256,
-    member,
-    read_shard,
-    shard_is_committed,
-    write_manifest,
-    write_shard,
-)
+from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.storage import StageDir, read_shard, shard_is_committed
+
+if TYPE_CHECKING:
+    from grao_pipe.pipeline import Pipeline
+    from grao_pipe.reference_model import ReferenceModel
 
 
 class _Rewards:
-    """One scorer's cached raw rewards for the generate output ``gen_key``."""
+    """One scorer's cached raw rewards for one generate output."""
 
-    def __init__(self, cfg: PipelineConfig, scorer_cfg: ScorerConfig, gen_key: str):
+    def __init__(self, p: Pipeline, scorer_cfg: ScorerConfig, gen_key: str):
         self.cfg = scorer_cfg
-        self.dir = local_workdir(cfg.workdir) / "rewards" / scoring.scorer_key(scorer_cfg)[:16] / gen_key[:16]
+        self.files = p.scorer_files(scorer_cfg)
+        self.dir: StageDir = p.workdir.cache_dir("rewards", scoring.scorer_key(scorer_cfg, self.files)[:16], gen_key[:16])
+        self.dir.clean()  # temporaries a killed run left behind
         self._scorer: Scorer | None = None
         self.computed = 0  # shards scored in this run (0 when everything came from the cache)
 
     def get(self, name: str, table: pa.Table) -> tuple[pa.Array, int, int]:
         """(rewards aligned with ``table``, scorer errors, unparseable answers)."""
-        path = ensure_local(self.dir / name)  # another machine may have scored it already
+        path = self.dir.local_path(name)  # another machine may have scored it already
         if shard_is_committed(path, "rewards"):
             cached = read_shard(path, "rewards")
             if cached["group_id"].equals(table["group_id"]) and cached["sample_idx"].equals(table["sample_idx"]):
@@ -60,14 +47,15 @@ class _Rewards:
                 return (cached["reward"].combine_chunks(), int(meta.get(META_ERRORS, b"0")),
                         int(meta.get(META_UNPARSEABLE, b"0")))
         if self._scorer is None:
-            self._scorer = scoring.build(self.cfg)
+            self._scorer = scoring.build(self.cfg, self.files)
         result = self._scorer.score(table["prompt"].to_pylist(), table["response"].to_pylist(),
                                     table["reference"].to_pylist())
         reward = pa.array(result.values, pa.float64())
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_shard(path, pa.table({"group_id": table["group_id"], "sample_idx": table["sample_idx"],
-                                    "reward": reward}), "rewards",
-                    meta={META_ERRORS: str(result.errors).encode(), META_UNPARSEABLE: str(result.unparseable).encode()})
+        # A re-derivable cache: no fsync (a torn file fails its page checksums and is recomputed).
+        self.dir.write_shard(name, pa.table({"group_id": table["group_id"], "sample_idx": table["sample_idx"],
+                                             "reward": reward}), "rewards",
+                             meta={META_ERRORS: str(result.errors).encode(),
+                                   META_UNPARSEABLE: str(result.unparseable).encode()}, durable=False)
         self.computed += 1
         return reward, result.errors, result.unparseable
 
@@ -133,65 +121,98 @@ def _reference_logprobs(table: pa.Table, ref_model: ReferenceModel | None) -> tu
             pa.array(per_group("reference_rejected_token_ids"), lists))
 
 
-def _stats(scored: pa.Table) -> dict[str, Any]:
+def _stats(scored: pa.Table, counts: dict[str, int]) -> ScoreShardStats:
     """Per-shard counts, computed from the stored columns (so a resumed shard reports the same)."""
     groups = pc.count_distinct(scored["group_id"]).as_py()
     degenerate = pc.count_distinct(pc.filter(scored["group_id"], scored["degenerate"])).as_py()
     sizes = pc.value_counts(scored["group_id"]).field("counts")
-    return {
-        "rows": scored.num_rows,
-        "groups": groups,
-        "degenerate_groups": degenerate,
-        "single_sample_groups": pc.sum(pc.equal(sizes, 1)).as_py() or 0,
-        "invalid_rewards": scored.num_rows - (pc.sum(scored["reward_valid"]).as_py() or 0),
-        "reward_sum": pc.sum(scored["reward"]).as_py() or 0.0,
-        "reward_count": pc.count(scored["reward"]).as_py(),
-        "kept_rows": pc.sum(scored["keep"]).as_py() or 0,
-    }
+    return ScoreShardStats(
+        rows=scored.num_rows,
+        groups=groups,
+        degenerate_groups=degenerate,
+        single_sample_groups=pc.sum(pc.equal(sizes, 1)).as_py() or 0,
+        invalid_rewards=scored.num_rows - (pc.sum(scored["reward_valid"]).as_py() or 0),
+        reward_sum=pc.sum(scored["reward"]).as_py() or 0.0,
+        reward_count=pc.count(scored["reward"]).as_py(),
+        kept_rows=pc.sum(scored["keep"]).as_py() or 0,
+        **counts,
+    )
 
 
-def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    gen_ref = generate_ref(cfg, round_)
-    ref = score_ref(cfg, round_, gen_ref)
-    with stage_lock(ref, ""):
-        return _run(cfg, force, ref, gen_ref)
+def _check_signal(target: Target, st: ScoreStats, cfg: PipelineConfig) -> None:
+    """Refuse to finish a stage whose output cannot teach anything (the shards stay committed:
+    re-running after raising a threshold finishes at once)."""
+    where = f"score (round {target.round}) at {target.dir.display}"
+    if st.rows and st.invalid_share > cfg.score.max_invalid_share:
+        raise DataError(f"{where}: {st.invalid_rewards} of {st.rows} rewards are invalid ({st.invalid_share:.0%}: "
+                        f"{st.unparseable} unparseable judge answers, {st.scorer_errors} scorer errors), over "
+                        f"score.max_invalid_share={cfg.score.max_invalid_share:g}; fix the scorer (judge model, "
+                        "template, endpoint) or raise the share")
+    # Group objectives learn from the spread of rewards within a group; SFT and DPO do not.
+    if cfg.train.objective in GROUP_OBJECTIVES and st.groups and st.degenerate_share > cfg.score.max_degenerate_share:
+        raise DataError(f"{where}: {st.degenerate_groups} of {st.groups} groups are degenerate "
+                        f"({st.degenerate_share:.0%}: no reward spread, so no learning signal), over "
+                        f"score.max_degenerate_share={cfg.score.max_degenerate_share:g}; check the scorer and "
+                        "generate.num_samples, or raise the share")
 
 
-def _run(cfg: PipelineConfig, force: bool, ref: StageRef, gen_ref: StageRef) -> Outcome:
-    gen = require(gen_ref, "score")
-    cached = prepare(ref, force)
-    if cached is not None:
-        return Outcome(ref, True, cached)
-    timer = Timer()
-    rewards = [_Rewards(cfg, s, gen_ref.key) for s in cfg.score.scorers]
-    ref_model = None
-    if cfg.score.reference_logprobs:
-        from grao_pipe.reference_model import ReferenceModel
+class Score(Stage):
+    name = "score"
+    help = "Score samples against the references and compute group advantages."
+    dataset = True
 
-        ref_model = ReferenceModel(ref.inputs["_reference_model_dir"])
-    entries = []
-    for shard in gen.shards:
-        path = ref.directory / shard["name"]
-        counts = {"scorer_errors": 0, "unparseable": 0}
-        if shard_is_committed(path, "score"):  # resume after a crash: keep what was committed
-            scored = read_shard(path, "score")
-            entry = {"name": path.name, "rows": scored.num_rows, "sha256": file_sha256(path)}
-        else:
-            table = read_shard(member(gen_ref.directory, shard["name"]), "generate", shard["sha256"])
-            if table.num_rows != shard["rows"]:
-                raise DataError(f"{gen_ref.directory / shard['name']}: {table.num_rows} rows, manifest says {shard['rows']}")
-            scored, counts = _score_table(cfg, table, shard["name"], rewards, ref_model)
-            entry = write_shard(path, scored, "score")
-        entry["stats"] = {**_stats(scored), **counts}
-        entries.append(entry)
-    totals = {k: sum(e["stats"][k] for e in entries) for k in entries[0]["stats"]} if entries else {}
-    stats = {
-        **totals,
-        "mean_reward": totals.get("reward_sum", 0.0) / max(totals.get("reward_count", 0), 1),
-        "degenerate_share": totals.get("degenerate_groups", 0) / max(totals.get("groups", 0), 1),
-        "scorer_shards_computed": {r.cfg.name: r.computed for r in rewards},
-        "seconds": round(timer.seconds, 3),
-    }
-    manifest = write_manifest(ref.directory, stage="score", key=ref.key, config=ref.config,
-                              inputs={**ref.inputs, "round": ref.round}, shards=entries, stats=stats)
-    return Outcome(ref, False, manifest, timer.seconds)
+    def target(self, p: Pipeline, round_: int) -> Target:
+        cfg = p.cfg
+        gen = p.target("generate", round_).require("score")
+        inputs: dict[str, object] = {"generate": gen.fingerprint}
+        files = {s.name: d for s in cfg.score.scorers if (d := p.scorer_files(s).digests())}
+        if files:  # reward models, judge models and templates: by content, not by path
+            inputs["scorer_files"] = files
+        if cfg.score.reference_logprobs:
+            inputs["reference_model"] = p.reference_policy().digest
+        return self.make_target(p, round_, keyed(cfg.score), inputs)
+
+    def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
+        cfg = p.cfg
+        timer = Timer()
+        gen_target = p.target("generate", target.round)
+        gen = gen_target.require("score")
+        rewards = [_Rewards(p, s, gen_target.key) for s in cfg.score.scorers]
+        ref_model = None
+        if cfg.score.reference_logprobs:
+            from grao_pipe.reference_model import ReferenceModel
+
+            ref_model = ReferenceModel(p.reference_policy().local_dir())
+        entries = []
+        for shard in gen.shards:
+            counts = {"scorer_errors": 0, "unparseable": 0}
+            if target.dir.is_committed(shard.name, "score"):  # resume after a crash: keep what was committed
+                entry, scored = target.dir.committed(shard.name, "score")
+                meta = scored.schema.metadata or {}
+                counts = {"scorer_errors": int(meta.get(META_ERRORS, b"0")), "unparseable": int(meta.get(META_UNPARSEABLE, b"0"))}
+            else:
+                table = gen_target.dir.read_shard(shard, "generate")
+                scored, counts = _score_table(cfg, table, shard.name, rewards, ref_model)
+                entry = target.dir.write_shard(shard.name, scored, "score", meta={
+                    META_ERRORS: str(counts["scorer_errors"]).encode(), META_UNPARSEABLE: str(counts["unparseable"]).encode()})
+            entries.append(entry.model_copy(update={"stats": _stats(scored, counts).model_dump()}))
+        per_shard = [ScoreShardStats.model_validate(e.stats) for e in entries]
+        totals = {k: sum(getattr(s, k) for s in per_shard) for k in ScoreShardStats.model_fields}
+        stats = ScoreStats(
+            **totals,
+            mean_reward=totals["reward_sum"] / max(totals["reward_count"], 1),
+            degenerate_share=totals["degenerate_groups"] / max(totals["groups"], 1),
+            invalid_share=totals["invalid_rewards"] / max(totals["rows"], 1),
+            scorer_shards_computed={r.cfg.name: r.computed for r in rewards},
+            seconds=round(timer.seconds, 3),
+        )
+        _check_signal(target, stats, cfg)
+        manifest = ScoreManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
+                                 shards=entries, stats=stats)
+        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+
+    def summary(self, o: Outcome) -> list[str]:
+        assert isinstance(o.manifest, ScoreManifest)
+        st = o.manifest.stats
+        return [f"mean reward {st.mean_reward:.4f}; degenerate groups {st.degenerate_groups} of {st.groups}; "
+                f"invalid rewards {st.invalid_rewards} (scorer errors {st.scorer_errors}, unparseable {st.unparseable})"]

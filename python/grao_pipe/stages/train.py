@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from grao_pipe.config import PipelineConfig, TrainConfig
+from grao_pipe.config import TrainConfig, keyed
 from grao_pipe.errors import ConfigError, InputError, StageFailed
-from grao_pipe.models import policy_digest
-from grao_pipe.remote import ensure_local, is_url
-from grao_pipe.stages.common import (
-    Outcome,
-    StageRef,
-    Timer,
-    prepare,
-    require,
-    score_ref,
-    stage_lock,
-    train_ref,
-)
-from grao_pipe.store import digest, member, write_manifest
+from grao_pipe.extras import require
+from grao_pipe.hashing import digest
+from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
+from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+
+if TYPE_CHECKING:
+    from grao_pipe.pipeline import Pipeline
 
 
 def read_metrics(directory: Path) -> list[dict]:
@@ -88,72 +82,92 @@ def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str
     return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
 
 
-def check_tensorboard(cfg: TrainConfig) -> None:
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard")
+def check_loggers(cfg: TrainConfig) -> None:
+    """Each configured metric logger's package is installed (before torchrun starts)."""
+    for backend in cfg.logging.backends:
+        require(f"train.logging.backends=[{backend}]", backend)
 
 
-def run(cfg: PipelineConfig, round_: int = 1, force: bool = False) -> Outcome:
-    if cfg.train.nnodes > 1 and is_url(cfg.workdir):
-        raise ConfigError("train.nnodes > 1 needs a workdir every node shares (a shared filesystem); "
-                          f"{cfg.workdir} is mirrored per machine. Train on one node, or mount the storage")
-    ref = train_ref(cfg, round_)
-    # Nodes of one multi-node run share the output directory: one lock per node, not per stage.
-    with stage_lock(ref, f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""):
-        return _run(cfg, round_, force, ref)
+class Train(Stage):
+    name = "train"
+    help = "Train the policy on score's shards (torchrun, FSDP2)."
 
+    def target(self, p: Pipeline, round_: int) -> Target:
+        sc = p.target("score", round_).require("train")
+        inputs = {"score": sc.fingerprint, "model": p.policy(round_).digest}
+        return self.make_target(p, round_, keyed(p.cfg.train), inputs)
 
-def _run(cfg: PipelineConfig, round_: int, force: bool, ref: StageRef) -> Outcome:
-    sc_ref = score_ref(cfg, round_)
-    sc = require(sc_ref, "train")
-    lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
-    cached = prepare(ref, force and lead)
-    if cached is not None:
-        return Outcome(ref, True, cached)
-    timer = Timer()
-    check_tensorboard(cfg.train)
-    check_columns(cfg.train, [member(sc_ref.directory, s["name"]) for s in sc.shards])
-    # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the worker
-    # does that), a half-written export is redone.
-    if lead:
-        shutil.rmtree(ref.directory / "model", ignore_errors=True)
-    hashed_train = cfg.train.model_dump(exclude=set(TrainConfig.OPERATIONAL))
-    spec = {
-        "train": cfg.train.model_dump(),
-        "model_dir": str(ensure_local(Path(ref.inputs["_model_dir"]))),
-        "shards": [[str(member(sc_ref.directory, s["name"])), s["sha256"]] for s in sc.shards],
-        "output_dir": str(ref.directory),
-        # What a checkpoint must have been trained on to be resumed from.
-        "spec_digest": digest({"train": hashed_train, "model": ref.inputs["model"],
-                               "shards": [s["sha256"] for s in sc.shards]}),
-    }
-    suffix = f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""
-    spec_path = ref.directory / f"spec{suffix}.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    cmd = torchrun_command(cfg.train, spec_path, ref.key[:16])
-    log_path = ref.directory / f"train{suffix}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode != 0 or not (ref.directory / "model" / "config.json").is_file():
-        tail = "\n".join(log_path.read_text().splitlines()[-15:])
-        raise StageFailed(f"train (round {round_}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
-    if not lead:  # node 0 writes the manifest once every node's learner has finished
-        return Outcome(ref, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
-    shutil.rmtree(ref.directory / "cache", ignore_errors=True)  # derived copy of score's shards
-    metrics = read_metrics(ref.directory)
-    terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
-    stats = {
-        "steps": len(metrics),
-        "load": json.loads((ref.directory / "load_stats.json").read_text()),
-        "groups_seen": sum(m["groups"] for m in metrics),
-        "real_tokens": sum(m["real_tokens"] for m in metrics),
-        "mean": {k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
-        "final": {k: metrics[-1][k] for k in terms} if metrics else {},
-        "seconds": round(timer.seconds, 3),
-    }
-    manifest = write_manifest(ref.directory, stage="train", key=ref.key, config=ref.config,
-                              inputs={**ref.inputs, "round": round_},
-                              shards=[{"name": "model", "rows": 0, "sha256": policy_digest(ref.directory / "model")}],
-                              stats=stats)
-    return Outcome(ref, False, manifest, timer.seconds)
+    # Nodes of one multi-node run share the output directory: one lock per node, not per stage,
+    # and only node 0 owns --force.
+    def lock_suffix(self, p: Pipeline, part: Part) -> str:
+        return f".node{p.cfg.train.node_rank}" if p.cfg.train.nnodes > 1 else ""
+
+    def may_wipe(self, p: Pipeline, part: Part) -> bool:
+        return p.cfg.train.node_rank == 0
+
+    def run(self, p: Pipeline, round_: int = 1, force: bool = False, part: Part = (0, 1)) -> Outcome:
+        if p.cfg.train.nnodes > 1 and p.workdir.mirror is not None:
+            raise ConfigError("train.nnodes > 1 needs a workdir every node shares (a shared filesystem); "
+                              f"{p.cfg.workdir} is mirrored per machine. Train on one node, or mount the storage")
+        return super().run(p, round_, force, part)
+
+    def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
+        cfg = p.cfg
+        timer = Timer()
+        lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
+        sc_target = p.target("score", target.round)
+        sc = sc_target.require("train")
+        check_loggers(cfg.train)
+        shards = [sc_target.dir.member(s.name) for s in sc.shards]
+        check_columns(cfg.train, shards)
+        out = target.dir.path
+        # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the
+        # worker does that), a half-written export is redone.
+        if lead:
+            shutil.rmtree(out / "model", ignore_errors=True)
+        policy = p.policy(target.round)
+        spec = {
+            "train": cfg.train.model_dump(),
+            "model_dir": str(policy.local_dir()),
+            "shards": [[str(path), s.sha256] for path, s in zip(shards, sc.shards, strict=True)],
+            "output_dir": str(out),
+            "run_id": target.key[:16],  # names the W&B / MLflow run: a resumed stage continues it
+            # What a checkpoint must have been trained on to be resumed from.
+            "spec_digest": digest({"train": keyed(cfg.train), "model": policy.digest,
+                                   "shards": [s.sha256 for s in sc.shards]}),
+        }
+        suffix = f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""
+        spec_path = out / f"spec{suffix}.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        cmd = torchrun_command(cfg.train, spec_path, target.key[:16])
+        log_path = out / f"train{suffix}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+        if proc.returncode != 0 or not (out / "model" / "config.json").is_file():
+            tail = "\n".join(log_path.read_text().splitlines()[-15:])
+            raise StageFailed(f"train (round {target.round}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
+        if not lead:  # node 0 writes the manifest once every node's learner has finished
+            return Outcome(target, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
+        shutil.rmtree(out / "cache", ignore_errors=True)  # derived copy of score's shards
+        metrics = read_metrics(out)
+        terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
+        stats = TrainStats(
+            steps=len(metrics),
+            load=LoadStats.model_validate_json((out / "load_stats.json").read_text()),
+            groups_seen=sum(m["groups"] for m in metrics),
+            real_tokens=sum(m["real_tokens"] for m in metrics),
+            mean={k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
+            final={k: metrics[-1][k] for k in terms} if metrics else {},
+            seconds=round(timer.seconds, 3),
+        )
+        from grao_pipe.models import policy_digest
+
+        model = ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
+        manifest = TrainManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
+                                 shards=[model], stats=stats)
+        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+
+    def size(self, m: object) -> str:
+        assert isinstance(m, TrainManifest)
+        return f"{m.stats.steps} steps"

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from grao_pipe.hashing import digest
 from grao_pipe.models import policy_digest
-from grao_pipe.store import digest
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,11 @@ def sft_warmup(model_dir: Path, rows: list[dict[str, str]], out_root: Path, cfg:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grao_pipe._quiet import quiet_transformers
+    from grao_pipe.hf import quiet
 
-    quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    quiet()
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
     model.train()
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos

@@ -1,8 +1,9 @@
-"""Shard and manifest I/O with atomic commits.
+"""Shard files: Parquet with the data contract's schema, written atomically, read with checks.
 
 A shard is written to a temporary name and renamed into place, so it appears complete or not
-at all. The manifest is written last (also by rename); a stage directory without a manifest is
-an unfinished stage that the next run resumes, keeping the shards it already committed.
+at all. Reading checks the checksum while reading (one pass over the bytes), the stage and the
+schema version, and upgrades older versions (``schemas.MIGRATIONS``). This module knows files
+only; where they live (a workdir, its remote mirror) is ``grao_pipe.storage.workdir``'s job.
 """
 
 from __future__ import annotations
@@ -10,22 +11,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import shutil
-import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grao_pipe import __version__, remote
 from grao_pipe.errors import FULL_ERRNOS, DataError, storage_full
 from grao_pipe.schemas import (
-    MANIFEST_NAME,
     META_STAGE,
     META_VERSION,
     MIGRATIONS,
@@ -33,15 +29,6 @@ from grao_pipe.schemas import (
     SCHEMAS,
     TMP_PREFIX,
 )
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def digest(obj: Any) -> str:
-    """Stable content hash of a JSON-able object (cache keys, fingerprints)."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -89,8 +76,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None) -> dict[str, Any]:
-    """Validate ``table`` against the stage schema, write it atomically, return its entry."""
+def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None,
+                durable: bool = True) -> dict[str, Any]:
+    """Validate ``table`` against the stage schema, write it atomically, return its manifest entry
+    (name, rows, sha256 of the bytes written). ``durable``: fsync before the rename (shards a
+    manifest will list); a cache that is re-derivable skips it."""
     schema = SCHEMAS[stage]
     if meta:
         schema = schema.with_metadata({**(schema.metadata or {}), **meta})
@@ -98,20 +88,36 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     table = table.select(schema.names + [f.name for f in extra]) if extra else table.select(schema.names)
     full = pa.schema(list(schema) + extra, metadata=schema.metadata)
     table = table.cast(full)
-    with _committing(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
+    sink = pa.BufferOutputStream()
+    # Page checksums: a torn or bit-flipped page is an error on read, never wrong numbers.
+    pq.write_table(table, sink, compression="zstd", write_page_checksum=True)
+    data = sink.getvalue()
+    with _committing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
             os.fsync(f.fileno())
-    remote.publish(path)
-    return {"name": path.name, "rows": table.num_rows, "sha256": file_sha256(path)}
+    return {"name": path.name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa.Table:
-    """Read one shard, checking checksum and schema version; errors name the file."""
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+    """Read one shard, checking checksum (computed on the bytes read, one pass), stage and
+    schema version; errors name the file and say what to do."""
+    return read_shard_and_digest(path, stage, expected_sha256)[0]
+
+
+def read_shard_and_digest(path: Path, stage: str, expected_sha256: str | None = None) -> tuple[pa.Table, str]:
+    """``read_shard`` and the sha256 of the bytes it read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard missing (its manifest lists it); re-run the stage that "
+                        "made it with --force") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
         raise DataError(f"{path}: checksum mismatch with its manifest; the shard is corrupt, re-run the stage with --force")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
     meta = table.schema.metadata or {}
@@ -121,7 +127,7 @@ def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa
     missing = [n for n in SCHEMAS[stage].names if n not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing columns {missing}")
-    return table
+    return table, sha
 
 
 def _schema_version(path: Path, raw: bytes | None) -> int:
@@ -159,96 +165,6 @@ def shard_is_committed(path: Path, stage: str) -> bool:
     except (OSError, pa.ArrowException, DataError):
         return False
     return meta.get(META_STAGE) == stage.encode()
-
-
-@dataclass(frozen=True)
-class Manifest:
-    stage: str
-    key: str
-    data: Mapping[str, Any]
-
-    @property
-    def shards(self) -> list[dict[str, Any]]:
-        return list(self.data["shards"])
-
-    @property
-    def fingerprint(self) -> str:
-        """What downstream cache keys hash: the stage, its key and its shards' checksums."""
-        return digest({"stage": self.stage, "key": self.key, "shards": self.data["shards"]})
-
-
-def write_manifest(
-    directory: Path,
-    *,
-    stage: str,
-    key: str,
-    config: Mapping[str, Any],
-    inputs: Mapping[str, Any],
-    shards: Iterable[Mapping[str, Any]],
-    stats: Mapping[str, Any],
-) -> Manifest:
-    shards = list(shards)
-    data = {
-        "schema_version": SCHEMA_VERSION,
-        "stage": stage,
-        "key": key,
-        "code_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config,
-        "inputs": inputs,
-        "rows": sum(int(s.get("rows", 0)) for s in shards),
-        "shards": shards,
-        "stats": stats,
-    }
-    payload = json.dumps(data, indent=2, default=str).encode()
-    remote.publish_tree(directory, payload)  # a remote workdir: what it lacks, the manifest last
-    atomic_write_bytes(directory / MANIFEST_NAME, payload)
-    return Manifest(stage, key, data)
-
-
-def read_manifest(directory: Path) -> Manifest | None:
-    path = directory / MANIFEST_NAME
-    # A remote workdir's finished stage may exist only there: read its manifest alone.
-    raw = path.read_bytes() if path.is_file() else remote.fetch(path)
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-        if not isinstance(data.get("shards"), list):
-            raise TypeError("'shards' is not a list")
-        return Manifest(str(data["stage"]), str(data["key"]), data)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: malformed manifest ({e}); delete the directory or re-run with --force") from None
-
-
-def member(directory: Path, name: str) -> Path:
-    """``directory / name`` for a name taken from a manifest; refuses names that would escape
-    the dataset root (absolute paths, separators, ``..``): manifests from other teams are data."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
-        raise DataError(f"{directory / MANIFEST_NAME}: shard name {name!r} points outside the dataset; refusing it")
-    return remote.ensure_local(directory / name)
-
-
-def verify(directory: Path) -> list[str]:
-    """Problems with a finished stage directory (checksums, schema versions); [] if sound."""
-    m = read_manifest(directory)
-    if m is None:
-        return [f"{directory}: no manifest (not a finished dataset)"]
-    problems = []
-    for s in m.shards:
-        if m.stage not in SCHEMAS:
-            break
-        try:
-            read_shard(member(directory, s["name"]), m.stage, s["sha256"])
-        except (DataError, FileNotFoundError) as e:
-            problems.append(str(e))
-    return problems
-
-
-def read_stage_table(directory: Path, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
-    tables = [read_shard(member(directory, s["name"]), manifest.stage, s["sha256"]) for s in manifest.shards]
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-    return table.select(columns) if columns else table
 
 
 def _writer_alive(tmp: Path) -> bool:

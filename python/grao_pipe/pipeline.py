@@ -1,0 +1,164 @@
+"""One invocation's view of a config: its workdir, its inputs as local paths, the policy of each
+round, and the target (key + directory) of every stage and round, each computed once.
+
+``Pipeline(cfg)`` is built right after the config is loaded; stages receive it and never touch
+paths or the object store themselves. ``run`` runs every stage of every round (skipping what
+is cached); ``status`` tells, without writing anything or importing torch, what is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from grao_pipe import scoring
+from grao_pipe.config import PipelineConfig, ScorerConfig
+from grao_pipe.errors import DataError, StageNotReady
+from grao_pipe.prompts import PromptSet, load_prompt_set
+from grao_pipe.stages import STAGES, run_stages
+from grao_pipe.stages.base import WHOLE, OnOutcome, Outcome, Part, Target
+from grao_pipe.storage import Workdir, local_input
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A model that samples (or is trained): its content digest, and how to get it locally.
+    Keys need only the digest; the directory is built or fetched when a stage loads it."""
+
+    digest: str
+    get_dir: Callable[[], Path]
+
+    def local_dir(self) -> Path:
+        return self.get_dir()
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, wait_for_locks: bool = False):
+        self.cfg = cfg
+        self.workdir = Workdir(cfg.workdir)
+        self.wait_for_locks = wait_for_locks
+        self._targets: dict[tuple[str, int], Target] = {}
+        self._inputs: dict[str, Path] = {}
+        self._policies: dict[int, Policy] = {}
+
+    # ---- inputs ----
+
+    def input(self, location: str) -> Path:
+        """A config location (path, ``builtin:``, URL) as a local path, resolved once."""
+        if location not in self._inputs:
+            self._inputs[location] = local_input(location)
+        return self._inputs[location]
+
+    @cached_property
+    def prompt_set(self) -> PromptSet:
+        return load_prompt_set(self.input(self.cfg.data.prompts), self.cfg.data)
+
+    def policy(self, round_: int) -> Policy:
+        """The policy that samples round r: round 1 the configured (or embedded) model, round r
+        round r-1's trained export, whose digest its train manifest records (so keys never
+        re-hash the weights, nor download them from a remote workdir)."""
+        if round_ not in self._policies:
+            self._policies[round_] = self._base_policy() if round_ == 1 else self.trained_policy(
+                round_ - 1, f"generate (round {round_}, sampling from round {round_ - 1}'s model)")
+        return self._policies[round_]
+
+    def reference_policy(self) -> Policy:
+        """The frozen reference model of DPO/GRPO/PPO (``score.reference_model``, default: the
+        round-1 policy)."""
+        if self.cfg.score.reference_model is None:
+            return self.policy(1)
+        return self.model_at(self.cfg.score.reference_model)
+
+    def scorer_files(self, scorer: ScorerConfig) -> scoring.ScorerFiles:
+        return scoring.scorer_files(scorer, self.input)
+
+    def model_at(self, location: str) -> Policy:
+        """A model directory named in the config (path or URL)."""
+        from grao_pipe.models import policy_digest
+
+        model_dir = self.input(location)
+        return Policy(policy_digest(model_dir), lambda: model_dir)
+
+    def _base_policy(self) -> Policy:
+        if self.cfg.model.path is not None:
+            return self.model_at(self.cfg.model.path)
+        from grao_pipe.models.tiny import build_tiny_model, tiny_model_key
+
+        # Everything the model will read: plain prompts, chat turns (and their roles), references.
+        corpus = [t for p in self.prompt_set.prompts
+                  for t in (p.text or "", *(f"{r}: {c}" for r, c in p.messages or ()), p.reference)]
+        key = tiny_model_key(self.cfg.model.tiny, corpus)
+        return Policy(f"tiny-{key}", lambda: build_tiny_model(self.cfg.model.tiny, corpus, self.workdir.scratch("models")))
+
+    def trained_policy(self, trained_round: int, consumer: str) -> Policy:
+        """Round ``trained_round``'s trained export, for ``consumer`` (named if it is missing)."""
+        train = self.target("train", trained_round)
+        m = train.require(consumer)
+        if not m.shards:
+            raise DataError(f"{train.dir.display}: the train manifest lists no model; re-run train with --force")
+        return Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+
+    # ---- stages ----
+
+    def target(self, stage: str, round_: int) -> Target:
+        """Stage ``stage``'s output for round ``round_`` (memoised: targets of round r depend on
+        round r-1's, so recomputing them would make the work grow with the rounds)."""
+        if (stage, round_) not in self._targets:
+            self._targets[(stage, round_)] = STAGES[stage].target(self, round_)
+        return self._targets[(stage, round_)]
+
+    def run_stage(self, stage: str, round_: int = 1, force: bool = False, part: Part = WHOLE) -> Outcome:
+        return STAGES[stage].run(self, round_, force, part)
+
+    def run(self, force: bool = False, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Every stage of every round (``run.rounds``), skipping what is cached."""
+        return run_stages(self, force, on_outcome)
+
+    def status(self) -> list[StageStatus]:
+        rows: list[StageStatus] = []
+        for round_ in range(1, self.cfg.run.rounds + 1):
+            for stage in (s for s in STAGES.values() if s.in_run):
+                rows.append(self._status(stage.name, round_))
+        return rows
+
+    def _status(self, stage: str, round_: int) -> StageStatus:
+        try:
+            target = self.target(stage, round_)
+        except StageNotReady:
+            others = self._finished_versions(stage, round_, None)
+            if others:
+                return StageStatus(round_, stage, "stale", None, f"older version(s) {', '.join(others)}; inputs not ready")
+            return StageStatus(round_, stage, "waiting", None, "its input stage has not finished")
+        m = target.manifest()
+        key = target.key[:16]
+        if m is not None:
+            return StageStatus(round_, stage, "done", key, f"{STAGES[stage].size(m)}, {m.created_at}")
+        if target.dir.exists():
+            return StageStatus(round_, stage, "partial", key, "started, not finished; the next run resumes it")
+        others = self._finished_versions(stage, round_, target.key)
+        if others:
+            return StageStatus(round_, stage, "stale", key, f"config or inputs changed; old version(s): {', '.join(others)}")
+        return StageStatus(round_, stage, "missing", key, "not run yet")
+
+    def _finished_versions(self, stage: str, round_: int, key: str | None) -> list[str]:
+        """Finished versions of the same (round, stage) under another key: the stale ones."""
+        found = []
+        for d in self.workdir.versions(stage):
+            try:
+                m = d.manifest()
+            except DataError:
+                continue
+            if m is not None and m.inputs.get("round") == round_ and m.key != key:
+                found.append(d.name)
+        return found
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    round: int
+    stage: str
+    state: str  # done | partial | stale | missing | waiting
+    key: str | None
+    detail: str

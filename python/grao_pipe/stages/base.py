@@ -1,0 +1,142 @@
+"""What a stage is: a name, a cache key computed from its inputs, and one ``run`` shape.
+
+Every stage (generate, score, train, eval) is a ``Stage`` in the registry of
+``grao_pipe.stages``; the CLI, ``run``, ``status`` and ``datasets`` iterate that registry. A
+``Target`` is one stage's output for one round: its cache key and its ``StageDir``.
+
+Cache key of a stage = hash(stage name, code version, its config section without ``Unkeyed``
+fields, the fingerprints of its inputs). The output directory is ``<workdir>/<stage>/<key[:16]>``:
+a changed key gives a new version beside the old one, never a silent overwrite, and every stage
+downstream gets a new key too.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.console import Console
+
+from grao_pipe.errors import StageNotReady
+from grao_pipe.hashing import digest
+from grao_pipe.manifests import Manifest
+from grao_pipe.storage import StageDir
+
+if TYPE_CHECKING:
+    from grao_pipe.pipeline import Pipeline
+
+Part = tuple[int, int]  # (k, N): worker k of N (``--shard k/N``)
+WHOLE: Part = (0, 1)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One stage's output for one round: what its key hashes and where it lives."""
+
+    stage: str
+    round: int
+    key: str
+    dir: StageDir
+    config: dict[str, Any]  # the stage's config section, as hashed
+    inputs: dict[str, Any]  # fingerprints of what it reads, as hashed
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} round {self.round} ({self.key[:16]})"
+
+    def manifest(self) -> Manifest | None:
+        return self.dir.manifest()
+
+    def require(self, consumer: str) -> Manifest:
+        """This output's manifest, or StageNotReady saying what to run first."""
+        m = self.manifest()
+        if m is None:
+            raise StageNotReady(f"{consumer} (round {self.round}) reads the output of {self.stage}, which has "
+                                f"not finished at {self.dir.display}; run 'grao-pipe {self.stage}"
+                                f"{'' if self.round == 1 else f' --round {self.round}'}' first")
+        return m
+
+
+@dataclass
+class Outcome:
+    target: Target
+    cached: bool
+    manifest: Manifest | None  # None: this worker's part is done, other parts are missing
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Stage(ABC):
+    """A cached, resumable pipeline stage."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    # Bump when the stage's output for the same inputs and config changes meaning.
+    code_version: ClassVar[int] = 1
+    dataset: ClassVar[bool] = False  # a rollout dataset other teams read (list, verify, export)
+    shardable: ClassVar[bool] = False  # --shard k/N splits it over machines with no coordinator
+    in_run: ClassVar[bool] = True  # part of every round of ``grao-pipe run``
+
+    def key(self, section: dict[str, Any], inputs: dict[str, Any]) -> str:
+        return digest({"stage": self.name, "code": self.code_version, "config": section, "inputs": inputs})
+
+    def make_target(self, p: Pipeline, round_: int, section: dict[str, Any], inputs: dict[str, Any]) -> Target:
+        key = self.key(section, inputs)
+        return Target(self.name, round_, key, p.workdir.stage_dir(self.name, key), section, inputs)
+
+    @abstractmethod
+    def target(self, p: Pipeline, round_: int) -> Target:
+        """The key and directory of round ``round_``'s output. Computing it never builds or
+        downloads a model: it reads upstream manifests and hashes inputs."""
+
+    @abstractmethod
+    def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
+        """Produce the output into a prepared (empty or resumable) directory, under the lock."""
+
+    def lock_suffix(self, p: Pipeline, part: Part) -> str:
+        return f".part-{part[0]}-of-{part[1]}" if part[1] > 1 else ""
+
+    def may_wipe(self, p: Pipeline, part: Part) -> bool:
+        """Whether this invocation owns ``--force`` (one of several workers must not wipe the others)."""
+        return part[0] == 0
+
+    def run(self, p: Pipeline, round_: int = 1, force: bool = False, part: Part = WHOLE) -> Outcome:
+        target = p.target(self.name, round_)
+        with target.dir.lock(f"{self.name} (round {round_})", self.lock_suffix(p, part), wait=p.wait_for_locks):
+            cached = target.dir.prepare(force and self.may_wipe(p, part))
+            if cached is not None:
+                return Outcome(target, True, cached)
+            return self.execute(p, target, part)
+
+    def summary(self, o: Outcome) -> list[str]:
+        """Lines the CLI prints after the stage ran (besides done/cached)."""
+        return []
+
+    def size(self, m: Manifest) -> str:
+        return f"{m.rows} rows"
+
+    def report(self, o: Outcome, console: Console) -> None:
+        """What the CLI prints for this stage's outcome."""
+        if o.manifest is None:
+            console.print(f"{o.target.label}: {'; '.join(o.notes)}", markup=False)
+            return
+        state = "cached, nothing to do" if o.cached else f"done in {o.seconds:.1f}s"
+        console.print(f"{o.target.label}: {state} ({self.size(o.manifest)} at {o.target.dir.display})", markup=False)
+        if not o.cached:
+            for line in self.summary(o):
+                console.print(f"  {line}", markup=False)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+OnOutcome = Callable[[Outcome], None]

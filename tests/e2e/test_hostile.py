@@ -1,0 +1,181 @@
+"""Hostile input through the real CLI: every case ends with the documented exit code and a short
+error that names the file, row or key (never a traceback), writes nothing outside the workdir
+and reads nothing outside a dataset. The table is documented in docs/operations.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_runner import cli
+
+TINY = {"name": "tiny", "data": {"prompts": "builtin:arith", "limit": 8},
+        "generate": {"num_samples": 2, "max_new_tokens": 3, "batch_size": 8, "prompts_per_shard": 4},
+        "train": {"lr": 1e-3, "groups_per_step": 4, "epochs": 1, "nproc": 2}}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    setup: Callable[[Path], list[str]]  # (case dir) -> CLI arguments
+    code: int
+    message: str  # a regex the error must match
+
+
+def _config(root: Path, **sections) -> Path:
+    tree = {**TINY, "workdir": str(root / "work")}
+    for k, v in sections.items():
+        tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _prompts(root: Path, name: str, data: bytes) -> list[str]:
+    (root / name).write_bytes(data)
+    return ["generate", "-c", str(_config(root, data={"prompts": str(root / name), "limit": None}))]
+
+
+def _generated(root: Path) -> Path:
+    """The generate output copied in from the module's finished run; its directory."""
+    (d,) = (root / "work" / "generate").glob("*/")
+    return d
+
+
+def _edit_manifest(root: Path, fn: Callable[[dict], None]) -> None:
+    path = _generated(root) / "_manifest.json"
+    m = json.loads(path.read_text())
+    fn(m)
+    path.write_text(json.dumps(m))
+
+
+def _deleted_shard(root: Path) -> list[str]:
+    next(_generated(root).glob("shard-*.parquet")).unlink()
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _no_sha(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: m["shards"][0].pop("sha256"))
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _wrong_rows(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: (m["shards"][0].update(rows=m["shards"][0]["rows"] + 1), m.update(rows=m["rows"] + 1)))
+    return ["datasets", "verify", "-c", str(root / "c.yaml")]
+
+
+def _symlinked_shard(root: Path) -> list[str]:
+    shard = next(_generated(root).glob("shard-*.parquet"))
+    outside = root / "elsewhere.parquet"
+    shutil.move(shard, outside)
+    shard.symlink_to(outside)
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+CASES = [
+    Case("config-not-utf8", lambda r: (r.joinpath("c.yaml").write_bytes(b"name: \xff\xfe\n"),
+                                       ["generate", "-c", str(r / "c.yaml")])[1], 2, r"c.yaml: not UTF-8 text"),
+    Case("config-many-errors", lambda r: ["generate", "-c", str(_config(r)), "train.lr=-1", "generate.nsamples=3",
+                                          "data.format=csv"], 2, r"3 problems:"),
+    Case("one-sample-groups", lambda r: ["generate", "-c", str(_config(r)), "generate.num_samples=1"], 2,
+         r"generate.num_samples=1: train.objective=grao needs at least 2 samples"),
+    Case("prompts-not-utf8", lambda r: _prompts(r, "p.jsonl", b'{"prompt": "\xff1+1=", "reference": "2"}\n' * 3), 3,
+         r"3 rows quarantined: p.jsonl:1: not UTF-8 text"),
+    Case("parquet-not-parquet", lambda r: _prompts(r, "p.parquet", b"PAR1 this is not parquet"), 3,
+         r"p.parquet: not a readable Parquet file"),
+    Case("gz-not-gzip", lambda r: _prompts(r, "p.jsonl.gz", b'{"prompt": "1+1=", "reference": "2"}\n'), 3,
+         r"p.jsonl.gz: not a readable gzip file"),
+    Case("hh-past-quarantine-share", lambda r: _prompts(r, "hh.jsonl", b'{"chosen": "\\n\\nHuman: a?\\n\\nAssistant: b", '
+                                                        b'"rejected": "\\n\\nHuman: a?\\n\\nAssistant: c"}\nnot json\n'), 3,
+         r"1 of 2 rows are unusable \(hh.jsonl:2: not valid JSON"),
+    Case("workdir-is-a-file", lambda r: (r.joinpath("work").write_text("x"), ["generate", "-c", str(_config(r))])[1], 3,
+         r"workdir .*work is an existing file"),
+    Case("shard-deleted", _deleted_shard, 5, r"shard-0000\d-of-00002.parquet: shard missing \(its manifest lists it\)"),
+    Case("manifest-without-sha256", _no_sha, 5, r"_manifest.json: malformed manifest \(shards.0.sha256: Field required"),
+    Case("rows-wrong", _wrong_rows, 5, r"shard-00000-of-00002.parquet: \d+ rows, its manifest says \d+"),
+    Case("symlinked-shard", _symlinked_shard, 5, r"is a symlink; a dataset's files must be regular files"),
+    Case("verify-missing-workdir", lambda r: ["datasets", "verify", "-w", str(r / "nowhere")], 3,
+         r"workdir .*nowhere does not exist"),
+]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """One finished generate output (tiny), copied into each case that needs it."""
+    root = tmp_path_factory.mktemp("generated")
+    out = cli("generate", "-c", str(_config(root)))
+    assert out.returncode == 0, out.stderr
+    return root / "work"
+
+
+def _tree(root: Path, skip: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
+            if p.is_file() and not p.is_relative_to(skip)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, tmp_path: Path, generated: Path) -> None:
+    if case.id in ("shard-deleted", "manifest-without-sha256", "rows-wrong", "symlinked-shard"):
+        shutil.copytree(generated, tmp_path / "work", symlinks=True)
+        _config(tmp_path)
+    args = case.setup(tmp_path)
+    before = _tree(tmp_path, tmp_path / "work")
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == case.code, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, out.stderr
+    import re
+
+    assert re.search(case.message, out.stderr), out.stderr
+    # Nothing written outside the workdir (the case's own inputs are all there is).
+    assert _tree(tmp_path, tmp_path / "work") == before
+
+
+def test_a_malformed_hh_line_is_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
+    good = {"chosen": "\n\nHuman: 1+1=\n\nAssistant: 2", "rejected": "\n\nHuman: 1+1=\n\nAssistant: 3"}
+    lines = [json.dumps(good).replace("1+1", f"{i}+1") for i in range(11)]
+    lines.insert(5, '{"chosen": "\\n\\nHuman: broken')
+    (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    out = cli("generate", "-c", str(_config(tmp_path, data={"prompts": str(tmp_path / "hh.jsonl"), "limit": None})))
+    assert out.returncode == 0, out.stderr
+    assert "rows quarantined 1" in out.stderr
+    (d,) = (tmp_path / "work" / "generate").glob("*/")
+    assert [json.loads(x) for x in (d / "_quarantine.jsonl").read_text().splitlines()] == [
+        {"row": 6, "reason": "not valid JSON (Invalid control character at)"}]
+
+
+def test_trust_remote_code_is_warned_about_naming_the_files(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "modeling_custom.py").write_text("# custom code a model may ship\n")
+    out = cli("generate", "-c", str(_config(tmp_path, model={"path": str(model), "trust_remote_code": True})))
+    assert out.returncode == 0, out.stderr
+    assert "WARNING: trust_remote_code=true" in out.stderr and "modeling_custom.py" in out.stderr
+
+
+def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from cli_runner import BIN
+
+    cfg = _config(tmp_path, data={"limit": 40}, generate={"prompts_per_shard": 1, "max_new_tokens": 16})
+    proc = subprocess.Popen([*BIN, "generate", "-c", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "work").glob("generate/*/shard-*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "Aborted" not in err
+    again = cli("generate", "-c", str(cfg))
+    assert again.returncode == 0, again.stderr
