@@ -12,7 +12,7 @@ DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test test-airflow test-lowest lint fmt bench replicate replicate-quick lock clean
+.PHONY: setup demo test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick lock clean
 
 setup: $(NATIVE)
 
@@ -36,6 +36,10 @@ test: setup
 	$(BIN)/python -m pytest -q tests --ignore=tests/airflow
 	$(MAKE) --no-print-directory test-airflow
 	$(MAKE) --no-print-directory test-lowest
+
+# The chaos test as a soak: 50 random SIGKILLs of a 2-round run (make test runs it with 10).
+chaos: setup
+	GRAO_PIPE_CHAOS_KILLS=50 $(BIN)/python -m pytest -q tests/e2e/test_chaos.py
 
 # The lower bounds of pyproject.toml, tested: the core and the [openai] extra at their lowest
 # allowed versions (uv --resolution lowest-direct) in their own venv, with the torch-free tests.
@@ -65,11 +69,13 @@ fmt: setup
 	$(BIN)/ruff format python tests benchmarks pipelines experiments
 	cargo fmt
 
+# Each prints its ratio against a baseline measured in the same run as its last line.
 bench: setup
 	$(BIN)/python benchmarks/bench_advantages.py
+	$(BIN)/python benchmarks/bench_score_stage.py
+	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_generate.py
-	$(BIN)/python benchmarks/bench_loader.py
 
 # The paper's comparison at small scale on CPU (experiments/replicate.py; docs/replication.md)
 replicate: setup

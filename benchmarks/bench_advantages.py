@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,9 +25,26 @@ OUT = Path(__file__).parent / "out"
 EPS = 1e-6
 
 
-def make_data(rows: int, g: int, path: Path) -> None:
+def group_sizes(rows: int, g: int, sizes: str, rng: np.random.Generator) -> np.ndarray:
+    """Group sizes summing to ``rows``: all ``g`` (fixed), uniform in 1..16, or lognormal
+    (median ``g``, long tail, capped at 256) as when generation drops or adds samples."""
+    if sizes == "fixed":
+        return np.full(rows // g, g)
+    draw = (lambda n: rng.integers(1, 17, n)) if sizes == "uniform" else \
+        (lambda n: np.clip(np.rint(rng.lognormal(np.log(g), 0.75, n)), 1, 256).astype(np.int64))
+    out = draw(2 * rows // g + 16)
+    while out.sum() < rows:
+        out = np.concatenate([out, draw(rows // g + 16)])
+    cut = int(np.searchsorted(np.cumsum(out), rows))
+    out = out[: cut + 1]
+    out[-1] -= out.sum() - rows
+    return out[out > 0]
+
+
+def make_data(rows: int, g: int, path: Path, sizes: str = "fixed") -> None:
     rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(rows // g, dtype=np.int64), g)
+    counts = group_sizes(rows, g, sizes, rng)
+    groups = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     rewards = rng.integers(-1, 2, size=groups.size).astype(np.float64)
     pq.write_table(pa.table({"group_id": groups, "reward": rewards}), path)
 
@@ -116,6 +134,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--sizes", choices=["fixed", "uniform", "lognormal", "all"], default="all",
+                    help="group sizes: all G (fixed), uniform 1-16, lognormal around G; all: each in turn")
     ap.add_argument("--python-rows", type=int, default=None, help="rows for plain Python (default: all)")
     ap.add_argument("--repeats", type=int, default=10, help="best of N (the first call also faults in the output pages)")
     ap.add_argument("--child", default=None)
@@ -125,29 +145,42 @@ def main() -> None:
         child(a.child, Path(a.data), a.group, a.repeats)
         return
     OUT.mkdir(exist_ok=True)
-    data = OUT / f"adv-{a.rows}-{a.group}.parquet"
+    ratios = {}
+    for sizes in (["fixed", "uniform", "lognormal"] if a.sizes == "all" else [a.sizes]):
+        ratios[sizes] = run_case(a, sizes)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    print(f"advantages_rust_vs_polars: {min(ratios.values()):.1f}")
+
+
+def run_case(a: argparse.Namespace, sizes: str) -> float:
+    data = OUT / f"adv-{a.rows}-{a.group}-{sizes}.parquet"
     if not data.exists():
-        make_data(a.rows, a.group, data)
+        make_data(a.rows, a.group, data, sizes)
+    # numpy's reshape needs equal groups: only the fixed case has it.
+    impls = [n for n in IMPLS if n != "numpy_reshape" or sizes == "fixed"]
     results = {}
-    for name in IMPLS:
+    for name in impls:
         path, repeats = data, a.repeats
         if name == "python":
             repeats = 1
             if a.python_rows:
-                path = OUT / f"adv-{a.python_rows}-{a.group}.parquet"
+                path = OUT / f"adv-{a.python_rows}-{a.group}-{sizes}.parquet"
                 if not path.exists():
-                    make_data(a.python_rows, a.group, path)
+                    make_data(a.python_rows, a.group, path, sizes)
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--data", str(path),
                                "--group", str(a.group), "--repeats", str(repeats)],
                               capture_output=True, text=True, check=True)
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     rust = results["rust"]["rows"] / results["rust"]["seconds"]
+    print(f"group sizes: {sizes}")
     print(f"{'impl':<15}{'rows':>12}{'seconds':>10}{'Mrows/s':>10}{'rust is x faster':>18}{'peak MiB':>10}")
     for name, r in results.items():
         rate = r["rows"] / r["seconds"]
         print(f"{name:<15}{r['rows']:>12}{r['seconds']:>10.4f}{rate / 1e6:>10.1f}{rust / rate:>18.1f}{r['peak_extra_mib']:>10.0f}")
     bytes_touched = 16 * a.rows  # 8 B id + 8 B reward read per row (outputs excluded)
-    print(f"rust reads {bytes_touched / results['rust']['seconds'] / 1e9:.1f} GB/s of input")
+    print(f"rust reads {bytes_touched / results['rust']['seconds'] / 1e9:.1f} GB/s of input\n")
+    polars = results["polars"]["rows"] / results["polars"]["seconds"]
+    return rust / polars
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ construction; in ``reference_in_group`` mode it is the (G+1)-th member of the gr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 
 from grao_pipe.config import AdvantageConfig
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ def compute(group_ids: pa.Array | pa.ChunkedArray, rewards: pa.Array | pa.Chunke
 
 
 def polars_reference(df: pl.DataFrame, cfg: AdvantageConfig, group: str = "group_id", reward: str = "reward") -> pl.DataFrame:
+    import polars as pl
+
     """The same computation as readable Polars expressions (slower; used to cross-check and as
     the benchmark's baseline). Adds ``advantage``, ``reference_advantage``, ``degenerate``.
 

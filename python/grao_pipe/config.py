@@ -113,7 +113,15 @@ class GenerateConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(2048, gt=0)
     batch_size: int = Field(16, gt=0, description="prompts per generate() call")
-    prompts_per_shard: int = Field(256, gt=0)
+    # A shard holds about shard_rows samples (prompts_per_shard = shard_rows // G), unless
+    # prompts_per_shard says otherwise: large enough that per-file costs vanish downstream
+    # (score, the learner), small enough that a crash loses little generation.
+    shard_rows: int = Field(65536, gt=0)
+    prompts_per_shard: int | None = Field(None, gt=0)
+
+    @property
+    def shard_prompts(self) -> int:
+        return self.prompts_per_shard or max(1, self.shard_rows // self.num_samples)
     seed: int = 0
 
 
@@ -243,6 +251,12 @@ class TrainConfig(_Section):
     # (0: right-padded batches).
     pack_tokens: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0, description="steps between sharded checkpoints (0: end only)")
+    # Sharded checkpoints kept while training (the newest ones), and whether any survive a
+    # finished stage (they are resume state only: the export in model/ is the product).
+    checkpoint_keep_last: Operational[int] = Field(1, ge=1)
+    keep_checkpoints: Operational[bool] = False
+    # dtype of the Hugging Face export; auto: the training dtype (bf16 on GPU, fp32 on CPU).
+    export_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)

@@ -125,6 +125,7 @@ def load_prompt_set(path: Path, cfg: DataConfig) -> PromptSet:
     """The prompt set in ``path`` (a local file), read with ``cfg``'s format and field names."""
     prompts: list[Prompt] = []
     quarantined: list[dict[str, Any]] = []
+    seen: dict[tuple[object, ...], int] = {}  # (prompt, reference) -> its first row
     fmt = cfg.format
     for rowno, row in _rows(path):
         try:
@@ -134,7 +135,12 @@ def load_prompt_set(path: Path, cfg: DataConfig) -> PromptSet:
                 raise _BadRow("a row must be a JSON object")
             if fmt == "auto":
                 fmt = "hh" if "chosen" in row and cfg.reference_field not in row else "generic"
-            prompts.append(_hh(row, len(prompts)) if fmt == "hh" else _generic(row, cfg, len(prompts)))
+            prompt = _hh(row, len(prompts)) if fmt == "hh" else _generic(row, cfg, len(prompts))
+            # A group is a (prompt, reference) pair: a repeat would be the same group twice.
+            first = seen.setdefault((prompt.text, prompt.messages, prompt.reference), rowno)
+            if first != rowno:
+                raise _BadRow(f"duplicate of row {first} (same prompt and reference)")
+            prompts.append(prompt)
         except _BadRow as e:
             quarantined.append({"row": rowno, "reason": str(e)})
         if cfg.limit is not None and len(prompts) >= cfg.limit:

@@ -75,13 +75,14 @@ def _with_meta(fields: list[pa.Field], stage: str) -> pa.Schema:
     return pa.schema(fields, metadata={META_VERSION: str(SCHEMA_VERSION).encode(), META_STAGE: stage.encode()})
 
 
-# Raw rewards of one scorer, cached per (sample, scorer) so that re-scoring with other weights
-# or advantage settings never calls the scorer again.
+# Raw rewards of one scorer for one generate shard, row for row, so that re-scoring with other
+# weights or advantage settings never calls the scorer again. The generate shard's sha256 is in
+# the file's metadata (META_SOURCE): a cache file is used only for the exact shard it scored.
 REWARDS_FIELDS: list[pa.Field] = [
-    pa.field("group_id", pa.string(), nullable=False),
-    pa.field("sample_idx", pa.int32(), nullable=False),
     pa.field("reward", pa.float64()),  # null = invalid (scorer error, unparseable judge answer)
 ]
+META_SOURCE = b"grao_pipe.source_sha256"
+META_STATS = b"grao_pipe.stats"  # a shard's stats (JSON), so a resumed run reads only its footer
 META_ERRORS = b"grao_pipe.scorer_errors"
 META_PROMPTS_SKIPPED = b"grao_pipe.prompts_skipped_overlong"
 META_PROMPTS_TRUNCATED = b"grao_pipe.prompts_truncated"

@@ -100,7 +100,7 @@ def test_concurrent_runs_of_one_stage_lock(tiny_config, tmp_path):
     assert second.returncode == 75 and "being run by another process" in second.stderr
     assert first.wait(timeout=300) == 0
     again = cli("run", "-c", str(cfg), "--cached-exit-code", "99")
-    assert again.returncode == 99  # everything cached: the skip code for schedulers
+    assert again.returncode == 99, again.stderr  # everything cached: the skip code for schedulers
     for verb in ("generate", "score", "train"):
         assert cli(verb, "-c", str(cfg), "--cached-exit-code", "99").returncode == 99
         assert cli(verb, "-c", str(cfg)).returncode == 0  # default: cached is success

@@ -78,6 +78,28 @@ def _symlinked_shard(root: Path) -> list[str]:
     return ["score", "-c", str(root / "c.yaml")]
 
 
+def _scored_cfg(root: Path) -> Path:
+    return root / "c.yaml"
+
+
+def _corrupt_score_shard(root: Path) -> list[str]:
+    (d,) = (root / "work" / "score").glob("*/")
+    shard = next(d.glob("shard-*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-20])
+    return ["train", "-c", str(_scored_cfg(root))]
+
+
+TRAIN_CASES = [
+    Case("train-corrupt-score-shard", _corrupt_score_shard, 5, r"checksum mismatch with its manifest"),
+    Case("train-flex-attention-on-cpu", lambda r: ["train", "-c", str(_scored_cfg(r)),
+                                                   "train.attn_implementation=flex_attention"], 2,
+         r"flex_attention needs CUDA"),
+    Case("train-more-ranks-than-groups", lambda r: ["train", "-c", str(_scored_cfg(r)), "train.nproc=16"], 2,
+         r"8 groups with kept rows, which cannot feed 16 ranks"),
+    Case("train-learner-fails", lambda r: ["train", "-c", str(_scored_cfg(r)), "train.lr=1e30", "train.epochs=4"], 6,
+         r"train \(round 1\) failed: rank \d: FloatingPointError: non-finite loss"),
+]
+
 CASES = [
     Case("config-not-utf8", lambda r: (r.joinpath("c.yaml").write_bytes(b"name: \xff\xfe\n"),
                                        ["generate", "-c", str(r / "c.yaml")])[1], 2, r"c.yaml: not UTF-8 text"),
@@ -106,6 +128,16 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> Path:
+    """One finished generate + score output (tiny)."""
+    root = tmp_path_factory.mktemp("scored")
+    for verb in ("generate", "score"):
+        out = cli(verb, "-c", str(_config(root)))
+        assert out.returncode == 0, out.stderr
+    return root / "work"
+
+
+@pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     """One finished generate output (tiny), copied into each case that needs it."""
     root = tmp_path_factory.mktemp("generated")
@@ -119,10 +151,13 @@ def _tree(root: Path, skip: Path) -> dict[str, int]:
             if p.is_file() and not p.is_relative_to(skip)}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input(case: Case, tmp_path: Path, generated: Path) -> None:
+@pytest.mark.parametrize("case", CASES + TRAIN_CASES, ids=[c.id for c in CASES + TRAIN_CASES])
+def test_hostile_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if case.id in ("shard-deleted", "manifest-without-sha256", "rows-wrong", "symlinked-shard"):
-        shutil.copytree(generated, tmp_path / "work", symlinks=True)
+        shutil.copytree(request.getfixturevalue("generated"), tmp_path / "work", symlinks=True)
+        _config(tmp_path)
+    if case in TRAIN_CASES:
+        shutil.copytree(request.getfixturevalue("scored"), tmp_path / "work", symlinks=True)
         _config(tmp_path)
     args = case.setup(tmp_path)
     before = _tree(tmp_path, tmp_path / "work")
@@ -136,6 +171,8 @@ def test_hostile_input(case: Case, tmp_path: Path, generated: Path) -> None:
     assert re.search(case.message, out.stderr), out.stderr
     # Nothing written outside the workdir (the case's own inputs are all there is).
     assert _tree(tmp_path, tmp_path / "work") == before
+    if case.code in (2, 5) and case in TRAIN_CASES:  # caught before the learner started
+        assert not list((tmp_path / "work").glob("train/*/train.log"))
 
 
 def test_a_malformed_hh_line_is_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:

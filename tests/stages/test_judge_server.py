@@ -8,17 +8,18 @@ import pytest
 from grao_pipe.config import JudgeScorer
 from grao_pipe.openai_client import EndpointError, OpenAIEndpoint, message_text
 from grao_pipe.scoring import ScorerFiles
+from grao_pipe.scoring.base import ScoreInput
 from grao_pipe.scoring.judge import Judge
 
 
 def test_judge_over_http_counts_unparseable_answers(openai_server):
     base_url, model = openai_server
     judge = Judge(JudgeScorer(model=model, base_url=base_url, max_tokens=4, both_orders=True, concurrency=2), ScorerFiles())
-    res = judge.score(["1+2=", "2+2="], ["3", "5"], ["3", "4"])
+    res = judge.score(ScoreInput.from_lists(["1+2=", "2+2="], ["3", "5"], ["3", "4"]))
     # A random tiny model does not answer "1 > 2": each row must be invalid and counted, not 0.
-    for v in res.values:
+    for v in res.tolist():
         assert v is None or v in (-1.0, -0.5, 0.0, 0.5, 1.0)
-    invalid = sum(v is None for v in res.values)
+    invalid = sum(v is None for v in res.tolist())
     assert invalid <= res.unparseable <= 2 * invalid  # each invalid row had 1 or 2 bad answers
 
 

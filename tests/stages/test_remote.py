@@ -184,3 +184,25 @@ def test_another_machine_reuses_the_published_raw_rewards(tiny_config, s3, tmp_p
     again = run_stage("score", load_config(cfg_path, ["score.advantage.mode=rank"]))
     assert not again.cached
     assert set(again.manifest.stats.scorer_shards_computed.values()) == {0}  # no scorer call
+
+
+def test_remote_shards_deleted_or_overwritten_are_caught(tiny_config, s3, tmp_path, monkeypatch):
+    """verify checks the objects themselves (not the local mirror); a fresh machine reading a
+    dataset whose shard object is gone gets a data error naming it."""
+    url, client = s3
+    bucket = url.removeprefix("s3://")
+    cfg = tiny_config(workdir=f"{url}/runs/f")
+    assert cli("generate", "-c", str(cfg)).returncode == 0
+    assert cli("datasets", "verify", "-w", f"{url}/runs/f").returncode == 0
+    shards = sorted(k for k in _keys(client, bucket, "runs/f/generate/") if "/shard-" in k)
+    body = client.get_object(Bucket=bucket, Key=shards[1])["Body"].read()
+    client.put_object(Bucket=bucket, Key=shards[1], Body=body[:-1] + b"!")  # overwritten, same size
+    client.delete_object(Bucket=bucket, Key=shards[0])
+    out = cli("datasets", "verify", "-w", f"{url}/runs/f")
+    assert out.returncode == 5, out.stderr
+    assert "missing from the object store" in out.stderr and "checksum differs from the manifest" in out.stderr
+
+    monkeypatch.setenv("GRAO_PIPE_CACHE", str(tmp_path / "cache-fresh"))  # a machine without a mirror
+    scored = cli("score", "-c", str(cfg))
+    assert scored.returncode == 5, scored.stderr
+    assert "shard missing (its manifest lists it)" in scored.stderr and "Traceback" not in scored.stderr

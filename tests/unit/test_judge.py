@@ -5,7 +5,8 @@ import pytest
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
 from grao_pipe.scoring import ScorerFiles
-from grao_pipe.scoring.judge import CRITERIA, Judge, load_template, parse_verdict
+from grao_pipe.scoring.base import ScoreInput
+from grao_pipe.scoring.judge import CRITERIA, Judge, dialogue_text, load_template, parse_verdict
 
 
 @pytest.mark.parametrize(
@@ -66,8 +67,23 @@ class _Scripted(Judge):
 def test_both_orders_removes_position_bias_and_counts_unparseable():
     # forward (o as Text 1): 1>2, 1>2, ??? ; swapped (y as Text 1): 1>2 (position bias), 1<2, 1=2
     j = _Scripted(["1 > 2", "1 > 2", "no idea", "1 > 2", "1 < 2", "1 = 2"])
-    res = j.score(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3)
-    assert res.values == [0.0, 1.0, None] and res.unparseable == 1
+    res = j.score(ScoreInput.from_lists(["q"] * 3, ["o1", "o2", "o3"], ["y"] * 3))
+    assert res.tolist() == [0.0, 1.0, None] and res.unparseable == 1
+
+
+def test_the_judge_reads_the_dialogue_not_the_policys_chat_template():
+    """A chat prompt reaches the judge as plain turns, with no control tokens of any template."""
+    j = _Scripted(["1 > 2", "1 > 2"])
+    seen = []
+    j._ask = lambda prompts: (seen.extend(prompts), ["1 > 2"] * len(prompts))[1]
+    rendered = "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    rows = ScoreInput.from_lists([rendered], ["Hello!"], ["Hi there."],
+                                 [[{"role": "system", "content": ""}, {"role": "user", "content": "Hi?"},
+                                   {"role": "assistant", "content": "Yes?"}, {"role": "user", "content": "Hi?"}]])
+    j.score(rows)
+    context = seen[0].split("[Context]")[1].split("[Text 1]")[0]
+    assert "<|im_start|>" not in seen[0] and context.strip() == "User: Hi?\n\nAssistant: Yes?\n\nUser: Hi?"
+    assert dialogue_text([("user", "3+4=")]) == "3+4="  # a plain-text prompt is itself
 
 
 def test_scorer_key_follows_the_template_content_not_its_path(tmp_path):

@@ -59,6 +59,23 @@ def test_group_id_is_stable_and_distinguishes_references():
 
 
 def test_arith_scorer_is_relative_to_reference():
-    assert arith.score("3+4=", "7", "7") == 0.0
-    assert arith.score("3+4=", "8", "7") == -1.0
-    assert arith.score("3+4=", " 7", "6") == 1.0
+    assert arith.score_one("3+4=", "7", "7") == 0.0
+    assert arith.score_one("3+4=", "8", "7") == -1.0
+    assert arith.score_one("3+4=", " 7", "6") == 1.0
+
+
+def test_the_vectorised_arith_scorer_equals_the_row_rule():
+    import random
+
+    rng = random.Random(0)
+    prompts = [f"{rng.randint(0, 99)}+{rng.randint(0, 99)}=" for _ in range(400)] + ["oops", " 3 + 4 = ", "12+7"]
+    answers = [rng.choice([str(rng.randint(0, 200)), f" {rng.randint(0, 9)}x", "", "abc", "007", "3 4"]) for _ in prompts]
+    refs = [rng.choice([str(rng.randint(0, 200)), "", "x"]) for _ in prompts]
+    want = []
+    for p, o, y in zip(prompts, answers, refs, strict=True):
+        try:
+            want.append(arith.score_one(p, o, y))
+        except ValueError:
+            want.append(None)
+    assert arith.score_rows(prompts, answers, refs) == want
+    assert {-1.0, 0.0, 1.0, None} <= set(want)

@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 
 from grao_pipe.config import RewardModelScorer, TinyModelConfig  # noqa: E402
 from grao_pipe.models.tiny import build_tiny_model  # noqa: E402
+from grao_pipe.scoring.base import ScoreInput  # noqa: E402
 from grao_pipe.scoring.reward_model import RewardModel  # noqa: E402
 
 
@@ -36,7 +37,10 @@ def test_scores_do_not_depend_on_batch(rm_dir):
 
 def test_reward_is_relative_to_reference(rm_dir):
     rm = RewardModel(RewardModelScorer(path=str(rm_dir), squash="none"), rm_dir)
-    res = rm.score(["1+2=", "1+2="], ["3", "4"], ["3", "3"])
-    assert res.values[0] == pytest.approx(0.0, abs=1e-6)  # R(y, y) = 0
-    r = rm.rewards(["1+2=4", "1+2=3"])
-    assert res.values[1] == pytest.approx(r[0] - r[1], abs=1e-5)
+    res = rm.score(ScoreInput.from_lists(["1+2=", "1+2="], ["3", "4"], ["3", "3"])).tolist()
+    assert res[0] == pytest.approx(0.0, abs=1e-6)  # R(y, y) = 0
+    # The reward model reads each answer in its own chat template, as an assistant turn.
+    (t4, s4), (t3, s3) = (rm.conversation([("user", "1+2=")], answer) for answer in ("4", "3"))
+    assert t4 == "user: 1+2=\nassistant: 4\n" and not s4
+    r = rm.rewards([t4, t3], [s4, s3])
+    assert res[1] == pytest.approx(r[0] - r[1], abs=1e-5)

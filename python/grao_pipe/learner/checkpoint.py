@@ -1,10 +1,25 @@
-"""Sharded checkpoints with torch.distributed.checkpoint: model, optimizer, scheduler, RNG and
-the loader cursor. A checkpoint is written under a temporary name and renamed when every rank
-has finished, so only complete checkpoints are ever resumed from."""
+"""Sharded checkpoints with torch.distributed.checkpoint: model, optimizer, RNG and the step (the
+loader cursor: data order is a pure function of seed and epoch).
+
+A checkpoint is written under a temporary name and renamed when every rank has finished, so only
+complete checkpoints are resumed from. Its ``.metadata`` is a pickle, so a checkpoint is loaded
+only if this machine's user wrote it: rank 0 seals each one with an HMAC of its files' sha256s
+under a key kept in the user's cache (``$GRAO_PIPE_CACHE/checkpoint.key``, mode 0600), and
+verifies the seal before anything is unpickled. A checkpoint planted in a shared workdir, or
+written elsewhere, has no valid seal: it is deleted with a warning and training starts from the
+newest trusted one (or from scratch). Checkpoints are resume state, never published.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +34,93 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 PREFIX = "step-"
+SEAL = ".grao-seal"
 
 
-def latest(root: Path) -> Path | None:
-    done = sorted(root.glob(f"{PREFIX}*"), key=lambda p: int(p.name[len(PREFIX) :]))
-    return done[-1] if done else None
+def _key() -> bytes:
+    root = Path(os.environ.get("GRAO_PIPE_CACHE") or Path.home() / ".cache" / "grao-pipe")
+    path = root / "checkpoint.key"
+    if not path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins; a concurrent one reads the winner's key
+        tmp.unlink()
+    return path.read_bytes()
 
 
-def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
+def _fingerprint(directory: Path) -> bytes:
+    """sha256 of every file of a checkpoint (but the seal), in a stable order."""
+    entries = []
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != SEAL:
+            entries.append([p.relative_to(directory).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()])
+    return json.dumps(entries).encode()
+
+
+def seal(directory: Path) -> None:
+    (directory / SEAL).write_text(hmac.new(_key(), _fingerprint(directory), hashlib.sha256).hexdigest())
+
+
+def is_trusted(directory: Path) -> bool:
+    path = directory / SEAL
+    if not path.is_file():
+        return False
+    want = hmac.new(_key(), _fingerprint(directory), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(path.read_text().strip(), want)
+
+
+def _steps(root: Path) -> list[Path]:
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_trusted(root: Path) -> Path | None:
+    """The newest checkpoint this user sealed (rank 0 decides, every rank gets the answer).
+    Untrusted ones are deleted: never unpickled, never resumed from."""
+    choice: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        for p in reversed(_steps(root)):
+            if is_trusted(p):
+                choice[0] = str(p)
+                break
+            print(f"train: ignoring checkpoint {p}: it was not written by this user's runs on this machine "
+                  "(no valid seal); deleting it", file=sys.stderr)
+            shutil.rmtree(p, ignore_errors=True)
+    dist.broadcast_object_list(choice, src=0)  # a path string only: nothing of the checkpoint
+    return Path(choice[0]) if choice[0] else None
+
+
+def exists(root: Path, step: int) -> bool:
+    return (root / f"{PREFIX}{step}").is_dir()
+
+
+def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, extra: dict[str, Any],
+         keep_last: int = 1) -> None:
+    """Write ``step-<step>`` (all ranks), seal it, keep the newest ``keep_last``."""
     tmp = root / f".tmp-{PREFIX}{step}"
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
              "extra": {**extra, "rng": torch.get_rng_state()}}
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt's leftovers
+    dist.barrier()
     dcp.save(state, checkpoint_id=str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
         final = root / f"{PREFIX}{step}"
+        seal(tmp)
+        shutil.rmtree(final, ignore_errors=True)  # an older copy of the same step (never the case today)
         tmp.rename(final)
-        for old in root.glob(f"{PREFIX}*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in _steps(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
 
 
 def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, template: dict[str, Any]) -> dict[str, Any]:
-    """Restore in place; ``template`` names the (flat, primitive) extra keys to read back."""
+    """Restore a trusted checkpoint in place; ``template`` names the (flat, primitive) extra keys."""
     state: dict[str, Any] = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
                              "extra": {**template, "rng": torch.get_rng_state()}}
     dcp.load(state, checkpoint_id=str(path))

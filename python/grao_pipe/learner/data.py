@@ -95,7 +95,7 @@ class GroupStore:
         self.tables: list[pa.RecordBatch] = []
         spans: list[np.ndarray] = []
         for i, (path, sha) in enumerate(shards):
-            table = self._open(cache_dir / f"{i:05d}-{sha[:16]}.arrow", path, sha)
+            table = self._open(cache_file(cache_dir, i, sha), path, sha)
             self.stats.rows += table.num_rows
             ids = table["group_id"]
             if table.num_rows:
@@ -108,22 +108,14 @@ class GroupStore:
         self.index = np.concatenate(spans).astype(np.int64) if spans else np.zeros((0, 3), dtype=np.int64)
         self._seen = np.zeros(len(self.index), dtype=bool)
         self._lock = threading.Lock()  # stats are counted from the loader thread and the main one
-        files = [str(cache_dir / f"{i:05d}-{sha[:16]}.arrow") for i, (_, sha) in enumerate(shards)]
+        files = [str(cache_file(cache_dir, i, sha)) for i, (_, sha) in enumerate(shards)]
         self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong, names=files,
                                              rejected=rejected)
 
     @staticmethod
     def _open(ipc: Path, path: Path, sha: str) -> pa.RecordBatch:
-        if not ipc.exists():  # one writer per file (rank 0 converts, see prepare_cache)
-            table = read_shard(path, "score", sha)
-            for name, typ in REJECTED_COLUMNS.items():
-                if name not in table.column_names:
-                    table = table.append_column(name, pa.nulls(table.num_rows, typ))
-            table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep")).combine_chunks()
-            tmp = ipc.with_name(f".tmp-{ipc.name}.{os.getpid()}")
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-            tmp.replace(ipc)
+        if not ipc.exists():  # the train stage converts before the learner starts (prepare_cache)
+            _convert(ipc, path, sha)
         reader = pa.ipc.open_file(pa.memory_map(str(ipc)))
         if reader.num_record_batches == 1:
             return reader.get_batch(0)  # zero-copy: a view of the mapped file
@@ -189,7 +181,41 @@ class GroupStore:
         return [_micro_batch(d) for d in out["micro_batches"]]
 
 
-def _check_prompts(table: pa.RecordBatch, path: Path) -> None:
+def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
+    return cache_dir / f"{i:05d}-{sha[:16]}.arrow"
+
+
+def _convert(ipc: Path, path: Path, sha: str) -> pa.Table:
+    """A score shard's kept rows (checksum checked) as one uncompressed Arrow IPC record batch."""
+    table = read_shard(path, "score", sha)
+    for name, typ in REJECTED_COLUMNS.items():  # shards from before these columns: null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep")).combine_chunks()
+    tmp = ipc.with_name(f".tmp-{ipc.name}.{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    tmp.replace(ipc)
+    return table
+
+
+def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path) -> int:
+    """Convert every score shard for the learner (in the train stage's process, before torchrun
+    starts: a corrupt shard is a data error there, not a learner failure); the number of groups
+    with kept rows."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    groups = 0
+    for i, (path, sha) in enumerate(shards):
+        ipc = cache_file(cache_dir, i, sha)
+        table = _convert(ipc, path, sha) if not ipc.exists() else pa.ipc.open_file(pa.memory_map(str(ipc))).read_all()
+        if table.num_rows:
+            _check_prompts(table, path)
+            ids = table["group_id"]
+            groups += 1 + (pc.sum(pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))).as_py() or 0)
+    return groups
+
+
+def _check_prompts(table: pa.RecordBatch | pa.Table, path: Path) -> None:
     lengths = pc.list_value_length(table["prompt_token_ids"])
     if pc.min(lengths).as_py() == 0:
         row = pc.index(lengths, 0).as_py()

@@ -1,4 +1,10 @@
-"""Python-function scorers: ``module:function`` with ``fn(prompt, response, reference) -> float``."""
+"""Python-function scorers: ``module:function``.
+
+Row by row, ``fn(prompt, response, reference) -> float``; or, for a function marked with
+``grao_pipe.scoring.base.batched``, once per shard with whole Arrow columns (the built-in rule
+scorers are Polars expressions this way). Invalid values (exceptions, None, NaN, inf) are null
+rewards, counted, never silently 0.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import importlib
 import math
 from collections.abc import Callable
 
+import pyarrow as pa
+
 from grao_pipe.config import FunctionScorer
-from grao_pipe.errors import ConfigError
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.errors import ConfigError, InputError
+from grao_pipe.scoring.base import ScoreInput, ScoreResult
 
 RewardFn = Callable[[str, str, str], float]
 
@@ -33,12 +41,12 @@ class FunctionScorerImpl:
         self.name = cfg.name
         self.fn = load_function(cfg.function, f"score.scorers[{cfg.name}].function")
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
-        """A scorer exception or a non-finite value is an invalid (None) reward, counted, never
-        silently scored 0."""
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        if getattr(self.fn, "grao_batched", False):
+            return self._batched(rows)
         out: list[float | None] = []
         errors = 0
-        for p, o, y in zip(prompts, responses, references, strict=True):
+        for p, o, y in zip(rows.prompt.to_pylist(), rows.response.to_pylist(), rows.reference.to_pylist(), strict=True):
             try:
                 v = float(self.fn(p, o, y))
             except Exception:  # one row's failure invalidates that row only
@@ -46,4 +54,19 @@ class FunctionScorerImpl:
                 out.append(None)
                 continue
             out.append(v if math.isfinite(v) else None)
-        return ScoreResult(out, errors=errors)
+        return ScoreResult(pa.array(out, pa.float64()), errors=errors)
+
+    def _batched(self, rows: ScoreInput) -> ScoreResult:
+        import pyarrow.compute as pc
+
+        try:
+            raw = self.fn(rows.prompt, rows.response, rows.reference)
+            values = pa.array(raw, pa.float64(), from_pandas=True) if not isinstance(raw, pa.Array) else raw.cast(pa.float64())
+        except Exception as e:  # a batched scorer that raises is a bug in it, not a bad row
+            raise InputError(f"score.scorers[{self.name}]: {self.fn.__module__}.{self.fn.__name__} raised "
+                             f"{type(e).__name__}: {e}; a batched scorer returns null for invalid rows") from None
+        if len(values) != len(rows):
+            raise InputError(f"score.scorers[{self.name}]: returned {len(values)} values for {len(rows)} rows")
+        finite = pc.is_finite(values)
+        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
+        return ScoreResult(values, errors=values.null_count)

@@ -14,9 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.scoring.base import ScoreInput, ScoreResult
 
 if TYPE_CHECKING:
     from grao_pipe.scoring import ScorerFiles
@@ -44,6 +46,26 @@ def parse_verdict(answer: str) -> int | None:
         v = {">": 1, "=": 0, "<": -1}[op]
         verdicts.add(v if a == "1" else -v)
     return verdicts.pop() if len(verdicts) == 1 else None
+
+
+_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def dialogue_text(turns: list[tuple[str, str]]) -> str:
+    """A dialogue as plain turns for a judge's [Context] (or a template-less reward model):
+
+        System: ...        (only when the dialogue has a non-empty system turn)
+
+        User: ...
+
+        Assistant: ...
+
+    Chat prompts come from their messages, never from a rendering with some model's chat
+    template (its control tokens would be read as text, and the judge would continue it)."""
+    kept = [(r, c) for r, c in turns if not (r == "system" and not c.strip())]
+    if len(kept) == 1 and kept[0][0] == "user":
+        return kept[0][1].strip()  # a plain-text prompt is itself
+    return "\n\n".join(f"{_ROLE_NAMES.get(r, r.capitalize())}: {c.strip()}" for r, c in kept)
 
 
 def load_template(p: Path | None) -> str:
@@ -89,15 +111,17 @@ class Judge:
             return [message_text(r) for r in self._client.map(self._client.chat, bodies)]
         return self._local.complete(prompts)
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        contexts = [dialogue_text(d) for d in rows.dialogues()]
+        responses, references = rows.response.to_pylist(), rows.reference.to_pylist()
         forward = [parse_verdict(a) for a in self._ask(
-            [self.prompt(q, o, y) for q, o, y in zip(prompts, responses, references, strict=True)])]
+            [self.prompt(q, o, y) for q, o, y in zip(contexts, responses, references, strict=True)])]
         if self.cfg.both_orders:
             swapped = [parse_verdict(a) for a in self._ask(
-                [self.prompt(q, y, o) for q, o, y in zip(prompts, responses, references, strict=True)])]
+                [self.prompt(q, y, o) for q, o, y in zip(contexts, responses, references, strict=True)])]
             values = [None if a is None or b is None else (a - b) / 2 for a, b in zip(forward, swapped, strict=True)]
             unparseable = sum(v is None for v in forward) + sum(v is None for v in swapped)
         else:
             values = [None if a is None else float(a) for a in forward]
             unparseable = sum(v is None for v in forward)
-        return ScoreResult(values, unparseable=unparseable)
+        return ScoreResult(pa.array(values, pa.float64()), unparseable=unparseable)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pyarrow as pa
+
 from grao_pipe.config import RewardModelScorer
-from grao_pipe.scoring.base import ScoreResult
+from grao_pipe.scoring.base import ScoreInput, ScoreResult
 
 
 class RewardModel:
@@ -26,11 +28,13 @@ class RewardModel:
         self.tok = hf.load_tokenizer(path, purpose=purpose)
         self.model = hf.load_model(path, kind="sequence_classifier", purpose=purpose)
 
-    def rewards(self, texts: list[str]) -> list[float]:
-        """r(text) for each text, batched by length."""
+    def rewards(self, texts: list[str], add_special_tokens: bool | list[bool] = True) -> list[float]:
+        """r(text) for each text, batched by length. Texts rendered with a chat template already
+        hold their special tokens: pass False for them."""
         torch = self._torch
-        ids = [self.tok(t, add_special_tokens=True, truncation=True, max_length=self.cfg.max_length)["input_ids"]
-               for t in texts]
+        special = add_special_tokens if isinstance(add_special_tokens, list) else [add_special_tokens] * len(texts)
+        ids = [self.tok(t, add_special_tokens=a, truncation=True, max_length=self.cfg.max_length)["input_ids"]
+               for t, a in zip(texts, special, strict=True)]
         from grao_pipe import hf
 
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
@@ -49,11 +53,29 @@ class RewardModel:
                 out[i] = scores[r]
         return out
 
-    def score(self, prompts: list[str], responses: list[str], references: list[str]) -> ScoreResult:
+    def conversation(self, turns: list[tuple[str, str]], response: str) -> tuple[str, bool]:
+        """The text r reads for ``response``, and whether the tokenizer adds its special tokens:
+        the reward model's own chat template over the dialogue plus the response as the
+        assistant turn when it has one; otherwise the dialogue as plain turns, then the response
+        (never the policy's rendering of the prompt)."""
+        if self.tok.chat_template:
+            conv = [{"role": r, "content": c} for r, c in turns] + [{"role": "assistant", "content": response}]
+            return str(self.tok.apply_chat_template(conv, tokenize=False)), False
+        from grao_pipe.scoring.judge import dialogue_text
+
+        if len(turns) == 1 and turns[0][0] == "user":
+            return turns[0][1] + response, True  # a plain-text prompt, continued
+        return f"{dialogue_text(turns)}\n\nAssistant: {response}", True
+
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        dialogues = rows.dialogues()
+        samples = [self.conversation(d, o) for d, o in zip(dialogues, rows.response.to_pylist(), strict=True)]
+        refs = [self.conversation(d, y) for d, y in zip(dialogues, rows.reference.to_pylist(), strict=True)]
         # r(q, y) is computed once per group, not once per sample.
-        refs = list(dict.fromkeys(p + y for p, y in zip(prompts, references, strict=True)))
-        r = self.rewards([p + o for p, o in zip(prompts, responses, strict=True)] + refs)
-        n = len(prompts)
-        r_ref = dict(zip(refs, r[n:], strict=True))
+        uniq = list(dict.fromkeys(refs))
+        todo = samples + uniq
+        r = self.rewards([t for t, _ in todo], [a for _, a in todo])
+        n = len(rows)
+        r_ref = dict(zip(uniq, r[n:], strict=True))
         squash = math.tanh if self.cfg.squash == "tanh" else (lambda v: v)
-        return ScoreResult([squash(r[i] - r_ref[p + y]) for i, (p, y) in enumerate(zip(prompts, references, strict=True))])
+        return ScoreResult(pa.array([squash(r[i] - r_ref[refs[i]]) for i in range(n)], pa.float64()))

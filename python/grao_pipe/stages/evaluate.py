@@ -22,6 +22,7 @@ from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.manifests import EvalManifest, EvalStats
 from grao_pipe.prompts import load_prompt_set
+from grao_pipe.scoring.base import ScoreInput
 from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
 from grao_pipe.storage import content_sha256
 
@@ -83,23 +84,26 @@ class Eval(Stage):
         _, pre_texts = self._answers(p, base.local_dir(), prompts)
         texts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
-        r_post = scorer.score(texts, post_texts, refs)
-        r_pre = scorer.score(texts, pre_texts, refs)
-        n_valid = sum(a is not None and b is not None for a, b in zip(r_post.values, r_pre.values, strict=True))
+        messages = [[{"role": role, "content": c} for role, c in r.prompt.messages] if r.prompt.messages else None
+                    for r in requests]
+        res_post = scorer.score(ScoreInput.from_lists(texts, post_texts, refs, messages))
+        res_pre = scorer.score(ScoreInput.from_lists(texts, pre_texts, refs, messages))
+        r_post, r_pre = res_post.tolist(), res_pre.tolist()
+        n_valid = sum(a is not None and b is not None for a, b in zip(r_post, r_pre, strict=True))
         if n_valid == 0:
             raise DataError(f"eval (round {target.round}): no prompt has a valid score for both models "
-                            f"({len(requests)} prompts; unparseable judge answers {r_post.unparseable + r_pre.unparseable}, "
-                            f"scorer errors {r_post.errors + r_pre.errors}); fix the scorer and re-run")
+                            f"({len(requests)} prompts; unparseable judge answers {res_post.unparseable + res_pre.unparseable}, "
+                            f"scorer errors {res_post.errors + res_pre.errors}); fix the scorer and re-run")
         result = {
             "n_prompts": len(requests), "scorer": scorer_cfg.name,
-            "invalid": {"model": sum(v is None for v in r_post.values), "base": sum(v is None for v in r_pre.values)},
-            "mean_reward": {"model": _mean(r_post.values), "base": _mean(r_pre.values)},
-            "ras": {k: e.as_dict() for k, e in metrics.ras(r_post.values).items()},
-            "ras_base": {k: e.as_dict() for k, e in metrics.ras(r_pre.values).items()},
-            "nag": {k: e.as_dict() for k, e in metrics.nag(r_post.values, r_pre.values).items()},
+            "invalid": {"model": sum(v is None for v in r_post), "base": sum(v is None for v in r_pre)},
+            "mean_reward": {"model": _mean(r_post), "base": _mean(r_pre)},
+            "ras": {k: e.as_dict() for k, e in metrics.ras(r_post).items()},
+            "ras_base": {k: e.as_dict() for k, e in metrics.ras(r_pre).items()},
+            "nag": {k: e.as_dict() for k, e in metrics.nag(r_post, r_pre).items()},
         }
         rows = [{"prompt": q, "reference": y, "model": o, "base": b, "r_model": rp, "r_base": rb}
-                for q, y, o, b, rp, rb in zip(texts, refs, post_texts, pre_texts, r_post.values, r_pre.values, strict=True)]
+                for q, y, o, b, rp, rb in zip(texts, refs, post_texts, pre_texts, r_post, r_pre, strict=True)]
         target.dir.write_file("answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         stats = EvalStats.model_validate({**result, "seconds": round(timer.seconds, 3)})
         # allow_nan=False: eval.json is strict JSON that any tool reads.

@@ -1,6 +1,7 @@
 """Stage 1: sample G responses per prompt ("off-policy groups") into Parquet shards.
 
-Shard ``i`` holds prompts ``[i*P, (i+1)*P)`` (P = ``generate.prompts_per_shard``). With
+Shard ``i`` holds prompts ``[i*P, (i+1)*P)`` (P = ``generate.shard_prompts``: about
+``generate.shard_rows`` samples, or ``generate.prompts_per_shard``). With
 ``--shard k/N`` a worker writes only the shards with ``i % N == k``, so N machines split the
 prompts with no coordinator; whichever worker finds every shard committed writes the manifest.
 """
@@ -110,7 +111,7 @@ class Generate(Stage):
         gc = p.cfg.generate
         pset = p.prompt_set
         prompts = pset.prompts
-        per = gc.prompts_per_shard
+        per = gc.shard_prompts
         n_shards = math.ceil(len(prompts) / per)
         names = [shard_name(i, n_shards) for i in range(n_shards)]
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]

@@ -7,17 +7,21 @@ never a scorer; adding a scorer runs only that one.
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from grao_pipe import advantages, scoring
-from grao_pipe.config import GROUP_OBJECTIVES, PipelineConfig, ScorerConfig, keyed
+from grao_pipe.config import GROUP_OBJECTIVES, FunctionScorer, PipelineConfig, ScorerConfig, keyed
 from grao_pipe.errors import DataError
-from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats
-from grao_pipe.schemas import META_ERRORS, META_UNPARSEABLE
-from grao_pipe.scoring.base import Scorer
+from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats, ShardEntry
+from grao_pipe.schemas import META_ERRORS, META_SOURCE, META_STATS, META_UNPARSEABLE
+from grao_pipe.scoring.base import ScoreInput, Scorer
 from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
 from grao_pipe.storage import StageDir, read_shard, shard_is_committed
 
@@ -35,28 +39,29 @@ class _Rewards:
         self.dir: StageDir = p.workdir.cache_dir("rewards", scoring.scorer_key(scorer_cfg, self.files)[:16], gen_key[:16])
         self.dir.clean()  # temporaries a killed run left behind
         self._scorer: Scorer | None = None
+        self._lock = threading.Lock()  # shards are scored from two threads
         self.computed = 0  # shards scored in this run (0 when everything came from the cache)
 
-    def get(self, name: str, table: pa.Table) -> tuple[pa.Array, int, int]:
-        """(rewards aligned with ``table``, scorer errors, unparseable answers)."""
+    def get(self, name: str, table: pa.Table, source_sha256: str) -> tuple[pa.Array, int, int]:
+        """(rewards aligned with ``table``, the generate shard ``name`` whose bytes hash to
+        ``source_sha256``; scorer errors; unparseable answers)."""
         path = self.dir.local_path(name)  # another machine may have scored it already
         if shard_is_committed(path, "rewards"):
             cached = read_shard(path, "rewards")
-            if cached["group_id"].equals(table["group_id"]) and cached["sample_idx"].equals(table["sample_idx"]):
-                meta = cached.schema.metadata or {}
+            meta = cached.schema.metadata or {}
+            if meta.get(META_SOURCE) == source_sha256.encode() and cached.num_rows == table.num_rows:
                 return (cached["reward"].combine_chunks(), int(meta.get(META_ERRORS, b"0")),
                         int(meta.get(META_UNPARSEABLE, b"0")))
-        if self._scorer is None:
-            self._scorer = scoring.build(self.cfg, self.files)
-        result = self._scorer.score(table["prompt"].to_pylist(), table["response"].to_pylist(),
-                                    table["reference"].to_pylist())
-        reward = pa.array(result.values, pa.float64())
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = scoring.build(self.cfg, self.files)
+            self.computed += 1
+        result = self._scorer.score(ScoreInput.of(table))
+        reward = result.values
         # A re-derivable cache: no fsync (a torn file fails its page checksums and is recomputed).
-        self.dir.write_shard(name, pa.table({"group_id": table["group_id"], "sample_idx": table["sample_idx"],
-                                             "reward": reward}), "rewards",
-                             meta={META_ERRORS: str(result.errors).encode(),
+        self.dir.write_shard(name, pa.table({"reward": reward}), "rewards",
+                             meta={META_SOURCE: source_sha256.encode(), META_ERRORS: str(result.errors).encode(),
                                    META_UNPARSEABLE: str(result.unparseable).encode()}, durable=False)
-        self.computed += 1
         return reward, result.errors, result.unparseable
 
 
@@ -68,16 +73,19 @@ def _combine(parts: list[tuple[float, pa.Array]]) -> pa.Array:
     return total
 
 
-def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, rewards: list[_Rewards],
+def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256: str, rewards: list[_Rewards],
                  ref_model: ReferenceModel | None) -> tuple[pa.Table, dict[str, int]]:
     per_scorer, counts = [], {"scorer_errors": 0, "unparseable": 0}
     for r in rewards:
-        values, errors, unparseable = r.get(name, table)
+        values, errors, unparseable = r.get(name, table, source_sha256)
         per_scorer.append((r.cfg, values))
         counts["scorer_errors"] += errors
         counts["unparseable"] += unparseable
     reward = _combine([(c.weight, v) for c, v in per_scorer])
-    adv = advantages.compute(table["group_id"], reward, cfg.score.advantage)
+    try:
+        adv = advantages.compute(table["group_id"], reward, cfg.score.advantage)
+    except ValueError as e:  # a shard not written by generate (groups split, ids missing)
+        raise DataError(f"generate shard {name}: {e}; re-run generate with --force") from None
     keep = adv.reward_valid
     if cfg.score.advantage.degenerate == "drop":
         keep = pc.and_(keep, pc.invert(adv.degenerate))
@@ -183,19 +191,28 @@ class Score(Stage):
             from grao_pipe.reference_model import ReferenceModel
 
             ref_model = ReferenceModel(p.reference_policy().local_dir())
-        entries = []
-        for shard in gen.shards:
-            counts = {"scorer_errors": 0, "unparseable": 0}
+        def one(shard: ShardEntry) -> ShardEntry:
             if target.dir.is_committed(shard.name, "score"):  # resume after a crash: keep what was committed
-                entry, scored = target.dir.committed(shard.name, "score")
-                meta = scored.schema.metadata or {}
-                counts = {"scorer_errors": int(meta.get(META_ERRORS, b"0")), "unparseable": int(meta.get(META_UNPARSEABLE, b"0"))}
-            else:
-                table = gen_target.dir.read_shard(shard, "generate")
-                scored, counts = _score_table(cfg, table, shard.name, rewards, ref_model)
-                entry = target.dir.write_shard(shard.name, scored, "score", meta={
-                    META_ERRORS: str(counts["scorer_errors"]).encode(), META_UNPARSEABLE: str(counts["unparseable"]).encode()})
-            entries.append(entry.model_copy(update={"stats": _stats(scored, counts).model_dump()}))
+                entry = target.dir.committed_entry(shard.name, META_STATS)
+                if entry.stats is None:  # written without its stats (an older release): count them
+                    committed = target.dir.read_shard(entry, "score")
+                    meta = committed.schema.metadata or {}
+                    entry = entry.model_copy(update={"stats": _stats(committed, {
+                        "scorer_errors": int(meta.get(META_ERRORS, b"0")),
+                        "unparseable": int(meta.get(META_UNPARSEABLE, b"0"))}).model_dump()})
+                return entry
+            table = gen_target.dir.read_shard(shard, "generate")
+            scored, counts = _score_table(cfg, table, shard.name, shard.sha256, rewards, ref_model)
+            stats = _stats(scored, counts).model_dump()
+            entry = target.dir.write_shard(shard.name, scored, "score", meta={META_STATS: json.dumps(stats).encode()})
+            return entry.model_copy(update={"stats": stats})
+
+        # Shards in parallel where the scorers are plain functions: Arrow, Polars, zstd and the
+        # Rust kernel release the GIL, so two shards at a time use two cores; memory stays
+        # bounded by two shards. Model-based scorers already use every core: one at a time.
+        plain = all(isinstance(s, FunctionScorer) for s in cfg.score.scorers) and ref_model is None
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1) if plain else 1) as pool:
+            entries = list(pool.map(one, gen.shards))
         per_shard = [ScoreShardStats.model_validate(e.stats) for e in entries]
         totals = {k: sum(getattr(s, k) for s in per_shard) for k in ScoreShardStats.model_fields}
         stats = ScoreStats(

@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 from grao_pipe.config import TrainConfig, keyed
 from grao_pipe.errors import ConfigError, InputError, StageFailed
 from grao_pipe.extras import require
+from grao_pipe.faults import kill_point
 from grao_pipe.hashing import digest
+from grao_pipe.learner.spec import LearnerSpec
 from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
 from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
 
@@ -82,6 +84,24 @@ def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str
     return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
 
 
+def _die_with_parent() -> None:
+    """In torchrun's process, before exec: it (and, through the worker's own signal, the
+    learners) die when this grao-pipe process does."""
+    from grao_pipe.learner.worker import die_with_parent
+
+    die_with_parent()
+
+
+def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
+    """The first failing rank's exception, else the log's last line (e.g. a rank killed by the OS)."""
+    errors = sorted(spec.errors_dir.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    if errors:
+        e = json.loads(errors[0].read_text())
+        return f"rank {e['rank']}: {e['type']}: {e['message']}"
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
+    return f"the learner exited without an error report ({lines[-1].strip() if lines else 'empty log'})"
+
+
 def check_loggers(cfg: TrainConfig) -> None:
     """Each configured metric logger's package is installed (before torchrun starts)."""
     for backend in cfg.logging.backends:
@@ -115,41 +135,15 @@ class Train(Stage):
         cfg = p.cfg
         timer = Timer()
         lead = cfg.train.node_rank == 0  # node 0 owns the shared directory's set-up and manifest
-        sc_target = p.target("score", target.round)
-        sc = sc_target.require("train")
-        check_loggers(cfg.train)
-        shards = [sc_target.dir.member(s.name) for s in sc.shards]
-        check_columns(cfg.train, shards)
         out = target.dir.path
-        # A crashed earlier attempt leaves no manifest: its checkpoints are resumed from (the
-        # worker does that), a half-written export is redone.
-        if lead:
-            shutil.rmtree(out / "model", ignore_errors=True)
-        policy = p.policy(target.round)
-        spec = {
-            "train": cfg.train.model_dump(),
-            "model_dir": str(policy.local_dir()),
-            "shards": [[str(path), s.sha256] for path, s in zip(shards, sc.shards, strict=True)],
-            "output_dir": str(out),
-            "run_id": target.key[:16],  # names the W&B / MLflow run: a resumed stage continues it
-            # What a checkpoint must have been trained on to be resumed from.
-            "spec_digest": digest({"train": keyed(cfg.train), "model": policy.digest,
-                                   "shards": [s.sha256 for s in sc.shards]}),
-        }
-        suffix = f".node{cfg.train.node_rank}" if cfg.train.nnodes > 1 else ""
-        spec_path = out / f"spec{suffix}.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        cmd = torchrun_command(cfg.train, spec_path, target.key[:16])
-        log_path = out / f"train{suffix}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-        if proc.returncode != 0 or not (out / "model" / "config.json").is_file():
-            tail = "\n".join(log_path.read_text().splitlines()[-15:])
-            raise StageFailed(f"train (round {target.round}) failed with exit code {proc.returncode}; log: {log_path}\n{tail}")
+        spec = self._preflight(p, target)
+        # A finished export (model/ is renamed into place whole) needs no learner: a crash came
+        # after it. Otherwise the learner resumes from its newest checkpoint and exports.
+        if not (out / "model" / "config.json").is_file():
+            self._launch(cfg.train, spec, target)
         if not lead:  # node 0 writes the manifest once every node's learner has finished
             return Outcome(target, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
-        shutil.rmtree(out / "cache", ignore_errors=True)  # derived copy of score's shards
+        kill_point("train.exported")
         metrics = read_metrics(out)
         terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
         stats = TrainStats(
@@ -166,7 +160,59 @@ class Train(Stage):
         model = ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
         manifest = TrainManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
                                  shards=[model], stats=stats)
-        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+        target.dir.commit(manifest)
+        # Scratch of a finished stage: the learner's copy of the shards, its resume state.
+        shutil.rmtree(out / "cache", ignore_errors=True)
+        shutil.rmtree(out / "errors", ignore_errors=True)
+        if not cfg.train.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return Outcome(target, False, manifest, timer.seconds)
+
+    def _preflight(self, p: Pipeline, target: Target) -> LearnerSpec:
+        """Everything that can be checked before torchrun starts, as config/input/data errors
+        (exit 2/3/5: a scheduler does not retry them), and the learner's spec."""
+        cfg = p.cfg.train
+        check_loggers(cfg)
+        require("train (the FSDP2 learner)", "torch", "transformers")
+        import torch
+
+        from grao_pipe.learner.data import prepare_cache
+
+        if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+            raise ConfigError("train.attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
+                              "backward on CPU); use train.attn_implementation=sdpa")
+        sc_target = p.target("score", target.round)
+        sc = sc_target.require("train")
+        shards = [sc_target.dir.member(s.name) for s in sc.shards]
+        check_columns(cfg, shards)
+        out = target.dir.path
+        groups = prepare_cache(list(zip(shards, (s.sha256 for s in sc.shards), strict=True)), out / "cache")
+        world = cfg.nproc * cfg.nnodes
+        if min(cfg.groups_per_step, groups) < world:
+            raise ConfigError(f"train: the score output has {groups} groups with kept rows, which cannot feed "
+                              f"{world} ranks (train.nproc x train.nnodes); lower train.nproc or score more prompts")
+        policy = p.policy(target.round)
+        return LearnerSpec(
+            train=cfg, model_dir=policy.local_dir(), shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
+            cache_dir=out / "cache", output_dir=out, run_id=target.key[:16],
+            spec_digest=digest({"train": keyed(cfg), "model": policy.digest, "shards": [s.sha256 for s in sc.shards]}))
+
+    def _launch(self, cfg: TrainConfig, spec: LearnerSpec, target: Target) -> None:
+        """torchrun, dying with this process; a failure is reported with the learner's own error."""
+        out = target.dir.path
+        suffix = f".node{cfg.node_rank}" if cfg.nnodes > 1 else ""
+        spec_path = out / f"spec{suffix}.json"
+        spec.write(spec_path)
+        shutil.rmtree(spec.errors_dir, ignore_errors=True)
+        log_path = out / f"train{suffix}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0))}
+        with open(log_path, "w") as log:
+            proc = subprocess.run(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent)
+        if proc.returncode != 0 or not (out / "model" / "config.json").is_file():
+            raise StageFailed(f"train (round {target.round}) failed: {_root_cause(spec, log_path)}; "
+                              f"full log: {log_path}")
 
     def size(self, m: object) -> str:
         assert isinstance(m, TrainManifest)

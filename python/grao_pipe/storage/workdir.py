@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -164,6 +165,15 @@ class StageDir:
         """A shard committed here (by any worker) with its entry, from the file itself."""
         table, sha = shards.read_shard_and_digest(self.member(name), stage)
         return ShardEntry(name=name, rows=table.num_rows, sha256=sha), table
+
+    def committed_entry(self, name: str, stats_key: bytes) -> ShardEntry:
+        """A shard committed here with the stats its writer put in its metadata: the footer and
+        a checksum pass over the bytes, no decoding."""
+        path = self.member(name)
+        meta = pq.read_schema(path).metadata or {}
+        stats = json.loads(meta[stats_key]) if stats_key in meta else None
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return ShardEntry(name=name, rows=rows, sha256=shards.file_sha256(path), stats=stats)
 
     def is_committed(self, name: str, stage: str) -> bool:
         """True if shard ``name`` was committed here by an earlier (crashed) run."""
