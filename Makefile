@@ -12,7 +12,7 @@ DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo test test-airflow test-lowest chaos lint fmt bench replicate lock clean
+.PHONY: setup demo test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick lock clean
 
 setup: $(NATIVE)
 
@@ -77,9 +77,13 @@ bench: setup
 	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_generate.py
 
-# The paper's comparison at small scale on CPU (about 20-30 minutes): runs/replicate/report.html
+# The paper's comparison at small scale on CPU (experiments/replicate.py; docs/replication.md)
 replicate: setup
 	$(BIN)/python experiments/replicate.py
+
+# The same code paths in a few minutes (1 seed, 5 methods, no lr grid): a smoke run, not evidence
+replicate-quick: setup
+	$(BIN)/python experiments/replicate.py --quick
 
 # Regenerate requirements.lock from pyproject.toml's ranges, keeping today's pins where they fit.
 lock: setup

@@ -48,6 +48,7 @@ class MicroBatcher:
         max_seq_len: int | None = None,
         overlong: str = "truncate",
         names: list[str] | None = None,
+        rejected: bool = False,
     ) -> None: ...
     def __len__(self) -> int: ...
     def build(

@@ -234,13 +234,28 @@ class LoggingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    objective: Literal["grao", "sft", "dpo", "grpo"] = "grao"
+    objective: Literal["grao", "sft", "dpo", "grpo", "ppo"] = "grao"
     exploration: bool = True  # GRAO exploration term on (off: the ablation without it)
     beta: float = 0.5  # GRAO β (imitation)
     lam: float = 0.6  # GRAO λ (alignment regulariser)
+    # Beyond the paper, opt-in: every weight on J_im(y) is computed as if Â_y were
+    # max(Â_y, floor); 0 = the reference's likelihood is never pushed down.
+    reference_advantage_floor: float | None = None
     dpo_beta: float = Field(0.1, gt=0)
+    # DPO pairs: ``dataset`` = (chosen = the reference, rejected = the dataset's rejected answer);
+    # ``samples`` = (the reference, the group's worst sample) only where that sample is strictly
+    # worse than the reference (reward < 0); other groups give no pair.
+    dpo_pairs: Literal["dataset", "samples"] = "dataset"
     grpo_clip: float | None = Field(0.2, gt=0, description="ratio clip ε vs behaviour log-probs; null: none")
     grpo_kl: float = Field(0.0, ge=0, description="KL coefficient to the reference model (needs ref log-probs)")
+    # PPO from the stored rollouts: value head on the policy's backbone, GAE on the terminal
+    # reward R(o, y) with a per-token KL penalty to the reference model folded into the reward.
+    ppo_clip: float = Field(0.2, gt=0, description="policy ratio clip ε vs behaviour log-probs")
+    value_clip: float | None = Field(0.2, gt=0, description="value clip vs the values before the update; null: none")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    ppo_kl: float = Field(0.02, ge=0, description="per-token KL penalty coefficient in the reward (needs ref log-probs)")
     # Beyond the paper, opt-in: truncated importance weights vs the behaviour policy (GRAO).
     importance_weights: bool = False
     importance_cap: float = Field(2.0, gt=0)

@@ -75,6 +75,7 @@ SCORE_FIELDS: list[pa.Field] = [
     # Per-token log-probs under the frozen reference model (score.reference_logprobs), else null.
     pa.field("ref_logprobs", pa.list_(pa.float32())),
     pa.field("ref_reference_logprobs", pa.list_(pa.float32())),
+    pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),  # of reference_rejected, if any
 ]
 
 
@@ -105,13 +106,18 @@ SCHEMAS = {"generate": GENERATE_SCHEMA, "score": SCORE_SCHEMA, "rewards": REWARD
 
 def _v1_to_v2(table: pa.Table, stage: str) -> pa.Table:
     """v2 renamed ``rejected`` (read by TRL users as a sampled answer) to ``reference_rejected``
-    and added its token ids (unknown for v1 data: null)."""
+    and added its token ids and (score) its reference-model log-probs (unknown for v1: null)."""
     if "rejected" not in table.column_names:
         return table
     i = table.column_names.index("rejected")
     table = table.rename_columns([*table.column_names[:i], "reference_rejected", *table.column_names[i + 1:]])
-    return table.add_column(i + 1, pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),
-                            pa.nulls(table.num_rows, pa.list_(pa.int32())))
+    table = table.add_column(i + 1, pa.field("reference_rejected_token_ids", pa.list_(pa.int32())),
+                             pa.nulls(table.num_rows, pa.list_(pa.int32())))
+    if stage == "score" and "ref_reference_rejected_logprobs" not in table.column_names:
+        j = table.column_names.index("ref_reference_logprobs") + 1
+        table = table.add_column(j, pa.field("ref_reference_rejected_logprobs", pa.list_(pa.float32())),
+                                 pa.nulls(table.num_rows, pa.list_(pa.float32())))
+    return table
 
 
 # Upgrades of older shards on read, one per version step (see the comment above MESSAGE).

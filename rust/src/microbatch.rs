@@ -93,6 +93,9 @@ pub struct Shard<'a> {
     pub ref_logprobs: Lists<'a, f32>,
     /// Per-token reference-model log-probs of the reference answer (null: not computed).
     pub ref_reference: Lists<'a, f32>,
+    /// The dataset's rejected answer (+ EOS; null: none) and its reference-model log-probs,
+    /// for DPO on the dataset's pairs. None: rejected answers are not read (no extra rows).
+    pub rejected: Option<(Lists<'a, i32>, Lists<'a, f32>)>,
     pub advantage: &'a [f64],
     pub reference_advantage: &'a [f64],
     pub reward: &'a [f64],
@@ -242,6 +245,8 @@ pub struct Seq<'a> {
     /// Log-probs of the first `behaviour.len() <= cont.len()` continuation tokens.
     behaviour: &'a [f32],
     reference: &'a [f32],
+    /// The row had behaviour log-probs (not null), even if none remain after the cut.
+    behaviour_known: bool,
 }
 
 impl<'a> Seq<'a> {
@@ -261,7 +266,27 @@ impl<'a> Seq<'a> {
             cont,
             behaviour: cut(behaviour),
             reference: cut(reference),
+            behaviour_known: false,
         })
+    }
+
+    /// The same sequence, marked as having (or not) behaviour log-probs.
+    fn known(self, behaviour_known: bool) -> Self {
+        Seq {
+            behaviour_known,
+            ..self
+        }
+    }
+
+    /// The whole prompt without a continuation: no targets.
+    fn prompt_only(&self) -> Self {
+        Seq {
+            prompt: self.prompt,
+            cont: &[],
+            behaviour: &[],
+            reference: &[],
+            behaviour_known: false,
+        }
     }
 
     /// The 1-token placeholder of an empty sample slot: no targets.
@@ -271,6 +296,7 @@ impl<'a> Seq<'a> {
             cont: &[],
             behaviour: &[],
             reference: &[],
+            behaviour_known: false,
         }
     }
 
@@ -312,9 +338,14 @@ pub struct Sample<'a> {
 pub struct Group<'a> {
     /// Its samples, in row order: `Resolved::samples[samples]`.
     pub samples: Range<usize>,
-    /// Prompt + reference answer; when the reference cannot fit, prompt + the prompt's last
-    /// token (the group then trains on its samples).
+    /// Prompt + reference answer; when the reference cannot fit, the prompt alone (no
+    /// targets) and `reference_fits` is false: objectives that read y give the group no weight.
     pub reference: Seq<'a>,
+    pub reference_fits: bool,
+    /// Prompt + the dataset's rejected answer, when the shard's rejected answers are read
+    /// (the prompt alone where the row has none or it cannot fit: `rejected_usable` false).
+    pub rejected: Option<Seq<'a>>,
+    pub rejected_usable: bool,
     pub reference_advantage: f64,
     /// Sequences of the group cut to `max_len`.
     pub truncated: u32,
@@ -370,13 +401,14 @@ fn resolve_group<'a>(
     let at = |row: usize| move |p: Problem| (row, p);
     let prompt = shard.prompt.required(first).map_err(at(first))?;
     let (mut truncated, mut skipped) = (0u32, 0u32);
-    let reference = match fit.apply(
+    let fitted = fit.apply(
         prompt.len(),
         shard.reference.required(first).map_err(at(first))?,
-    ) {
+    );
+    let reference = match fitted {
         None => {
             skipped += 1;
-            Seq::new(prompt, &prompt[prompt.len().saturating_sub(1)..], &[], &[])
+            Seq::new(prompt, &[], &[], &[])
         }
         Some((cont, cut)) => {
             truncated += u32::from(cut);
@@ -393,6 +425,22 @@ fn resolve_group<'a>(
         scalar(shard.reference_advantage, first, "reference_advantage").map_err(at(first))?;
     let start = out.samples.len();
     let mut tokens = reference.len() as u64;
+    let (mut rejected, mut rejected_usable) = (None, false);
+    if let Some((answers, logprobs)) = &shard.rejected {
+        // No pair where the row has no rejected answer or it cannot fit (not counted).
+        let cont = match answers.get(first).map_err(at(first))? {
+            Some(answer) => fit.apply(prompt.len(), answer).map(|(c, _)| c),
+            None => None,
+        };
+        rejected_usable = cont.is_some_and(|c| !c.is_empty());
+        let seq = match cont.filter(|c| !c.is_empty()) {
+            Some(c) => Seq::new(prompt, c, &[], logprobs.or_empty(first).map_err(at(first))?),
+            None => Seq::new(prompt, &[], &[], &[]),
+        }
+        .ok_or((first, Problem::EmptyPrompt))?;
+        tokens += seq.len() as u64;
+        rejected = Some(seq);
+    }
     for row in span.start..span.start + span.len {
         let response = shard.response.required(row).map_err(at(row))?;
         let Some((cont, cut)) = fit.apply(prompt.len(), response) else {
@@ -400,9 +448,11 @@ fn resolve_group<'a>(
             continue;
         };
         truncated += u32::from(cut);
-        let behaviour = shard.behaviour.or_empty(row).map_err(at(row))?;
+        let behaviour = shard.behaviour.get(row).map_err(at(row))?;
         let ref_lp = shard.ref_logprobs.or_empty(row).map_err(at(row))?;
-        let seq = Seq::new(prompt, cont, behaviour, ref_lp).ok_or((row, Problem::EmptyPrompt))?;
+        let seq = Seq::new(prompt, cont, behaviour.unwrap_or_default(), ref_lp)
+            .ok_or((row, Problem::EmptyPrompt))?
+            .known(behaviour.is_some());
         let valid = shard.reward_valid.map_or(true, |v| v.get(row));
         let reward = if valid {
             scalar(shard.reward, row, "reward").map_err(at(row))?
@@ -419,6 +469,9 @@ fn resolve_group<'a>(
     out.groups.push(Group {
         samples: start..out.samples.len(),
         reference,
+        reference_fits: fitted.is_some(),
+        rejected,
+        rejected_usable,
         reference_advantage,
         truncated,
         skipped,
@@ -453,8 +506,9 @@ pub fn split_by_tokens(tokens: &[u64], budget: u64) -> Vec<Range<usize>> {
 // ---- Padded layout ----
 
 /// The sequences of a micro-batch in the padded layout's order: per group `g` sample slots
-/// (a dummy where the group has fewer samples), then every group's reference. Returns the
-/// sequences and `g`, the most samples of any group.
+/// (a dummy where the group has fewer samples), then every group's reference, then (when
+/// rejected answers are read) every group's rejected answer. Returns the sequences and `g`,
+/// the most samples of any group.
 pub fn sequences<'a>(resolved: &Resolved<'a>, groups: &[Group<'a>]) -> (Vec<Seq<'a>>, usize) {
     let g = groups.iter().map(|x| x.samples.len()).max().unwrap_or(0);
     let mut seqs = Vec::with_capacity(groups.len() * (g + 1));
@@ -464,11 +518,19 @@ pub fn sequences<'a>(resolved: &Resolved<'a>, groups: &[Group<'a>]) -> (Vec<Seq<
         seqs.extend((samples.len()..g).map(|_| Seq::dummy(grp.reference.prompt)));
     }
     seqs.extend(groups.iter().map(|grp| grp.reference));
+    if groups.iter().any(|grp| grp.rejected.is_some()) {
+        seqs.extend(
+            groups
+                .iter()
+                .map(|grp| grp.rejected.unwrap_or_else(|| grp.reference.prompt_only())),
+        );
+    }
     (seqs, g)
 }
 
 /// A micro-batch in the padded layout (`Batch` in learner/data.py), row-major flat buffers.
-/// N = B·G + B sequences (samples, then references), T tokens each.
+/// N = B·G + B sequences (samples, then references; + B rejected answers when read), T tokens
+/// each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Padded {
     pub n: usize,
@@ -491,6 +553,11 @@ pub struct Padded {
     pub sample_mask: Vec<f32>,
     /// [B] reference advantages.
     pub reference_advantage: Vec<f32>,
+    /// [N] 1 where the sequence has behaviour log-probs.
+    pub behaviour_known: Vec<f32>,
+    /// [B] 1 where the group's reference fits; 1 where it has a usable rejected answer.
+    pub reference_fits: Vec<f32>,
+    pub rejected_mask: Vec<f32>,
     pub real_tokens: usize,
 }
 
@@ -541,6 +608,18 @@ fn write_padded(
         reference_advantage: groups
             .iter()
             .map(|x| x.reference_advantage as f32)
+            .collect(),
+        behaviour_known: seqs
+            .iter()
+            .map(|s| f32::from(u8::from(s.behaviour_known)))
+            .collect(),
+        reference_fits: groups
+            .iter()
+            .map(|x| f32::from(u8::from(x.reference_fits)))
+            .collect(),
+        rejected_mask: groups
+            .iter()
+            .map(|x| f32::from(u8::from(x.rejected_usable)))
             .collect(),
         real_tokens: seqs.iter().map(Seq::len).sum(),
     };
@@ -742,6 +821,9 @@ mod tests {
         advantage: Vec<f64>,
         reference_advantage: Vec<f64>,
         reward: Vec<Option<f64>>,
+        /// None: rejected answers are not read.
+        rejected: Option<Vec<Option<Vec<i32>>>>,
+        ref_rejected: Vec<Option<Vec<f32>>>,
     }
 
     /// Flat Arrow-style buffers of a table.
@@ -750,7 +832,11 @@ mod tests {
         lists_f32: [(Vec<i32>, Vec<f32>, Vec<u8>); 3],
         reward: Vec<f64>,
         reward_bits: Vec<u8>,
+        rejected: Option<(FlatList<i32>, FlatList<f32>)>,
     }
+
+    /// Offsets, values and validity bits of a nullable list column.
+    type FlatList<T> = (Vec<i32>, Vec<T>, Vec<u8>);
 
     fn bits(valid: impl Iterator<Item = bool>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -765,7 +851,7 @@ mod tests {
         out
     }
 
-    fn flat_lists<T: Copy + Default>(rows: &[Option<Vec<T>>]) -> (Vec<i32>, Vec<T>, Vec<u8>) {
+    fn flat_lists<T: Copy + Default>(rows: &[Option<Vec<T>>]) -> FlatList<T> {
         let mut offsets = vec![0i32];
         let mut values = Vec::new();
         for r in rows {
@@ -798,7 +884,27 @@ mod tests {
                 ],
                 reward: self.reward.iter().map(|r| r.unwrap_or(f64::NAN)).collect(),
                 reward_bits: bits(self.reward.iter().map(Option::is_some)),
+                rejected: self.rejected.as_ref().map(|r| {
+                    let mut lp = self.ref_rejected.clone();
+                    lp.resize(r.len(), None);
+                    (flat_lists(r), flat_lists(&lp))
+                }),
             }
+        }
+    }
+
+    fn nullable_lists<'a, T>(
+        x: &'a (Vec<i32>, Vec<T>, Vec<u8>),
+        name: &'static str,
+    ) -> Lists<'a, T> {
+        Lists {
+            name,
+            offsets: &x.0,
+            values: &x.1,
+            validity: Some(Bits {
+                bytes: &x.2,
+                offset: 0,
+            }),
         }
     }
 
@@ -833,6 +939,12 @@ mod tests {
                     bytes: &self.reward_bits,
                     offset: 0,
                 }),
+                rejected: self.rejected.as_ref().map(|(a, l)| {
+                    (
+                        nullable_lists(a, "reference_rejected_token_ids"),
+                        nullable_lists(l, "ref_reference_rejected_logprobs"),
+                    )
+                }),
             }
         }
     }
@@ -842,6 +954,9 @@ mod tests {
     struct RefGroup {
         prompt: Vec<i32>,
         reference: Vec<i32>,
+        reference_fits: bool,
+        rejected: Option<Vec<i32>>,
+        ref_rejected: Option<Vec<f32>>,
         ref_reference: Option<Vec<f32>>,
         reference_advantage: f64,
         responses: Vec<Vec<i32>>,
@@ -868,10 +983,12 @@ mod tests {
         let plen = prompt.len();
         let (mut truncated, mut skipped) = (0, 0);
         let cut = |x: &Option<Vec<f32>>, n: usize| x.as_ref().map(|v| v[..v.len().min(n)].to_vec());
-        let (reference, ref_reference) = match ref_fit(plen, &t.reference[f], fit) {
+        let fitted = ref_fit(plen, &t.reference[f], fit);
+        let reference_fits = fitted.is_some();
+        let (reference, ref_reference) = match fitted {
             None => {
                 skipped += 1;
-                (prompt[plen - 1..].to_vec(), None)
+                (vec![], None)
             }
             Some(r) => {
                 truncated += u32::from(r.len() != t.reference[f].len());
@@ -879,9 +996,21 @@ mod tests {
                 (r, lp)
             }
         };
+        let rejected = t.rejected.as_ref().map(|r| {
+            r[f].as_ref()
+                .and_then(|a| ref_fit(plen, a, fit))
+                .unwrap_or_default()
+        });
+        let ref_rejected = match &rejected {
+            Some(r) if !r.is_empty() => cut(&t.ref_rejected[f], r.len()),
+            _ => None,
+        };
         let mut grp = RefGroup {
             prompt,
             reference,
+            reference_fits,
+            rejected,
+            ref_rejected,
             ref_reference,
             reference_advantage: t.reference_advantage[f],
             responses: vec![],
@@ -933,6 +1062,13 @@ mod tests {
             let s = [grp.prompt.clone(), grp.reference.clone()].concat();
             seqs.push((s, grp.prompt.len(), None, grp.ref_reference.clone()));
         }
+        if groups.iter().any(|grp| grp.rejected.is_some()) {
+            for grp in groups {
+                let rej = grp.rejected.clone().unwrap_or_default();
+                let s = [grp.prompt.clone(), rej].concat();
+                seqs.push((s, grp.prompt.len(), None, grp.ref_rejected.clone()));
+            }
+        }
         (seqs, g)
     }
 
@@ -956,6 +1092,21 @@ mod tests {
             reference_advantage: groups
                 .iter()
                 .map(|x| x.reference_advantage as f32)
+                .collect(),
+            behaviour_known: seqs
+                .iter()
+                .map(|s| if s.2.is_some() { 1.0 } else { 0.0 })
+                .collect(),
+            reference_fits: groups
+                .iter()
+                .map(|x| if x.reference_fits { 1.0 } else { 0.0 })
+                .collect(),
+            rejected_mask: groups
+                .iter()
+                .map(|x| match &x.rejected {
+                    Some(r) if !r.is_empty() => 1.0,
+                    _ => 0.0,
+                })
                 .collect(),
             real_tokens: 0,
         };
@@ -1078,6 +1229,20 @@ mod tests {
         (t, spans)
     }
 
+    /// Gives every row of `t` a rejected answer column: some null, some empty, log-probs that
+    /// may be missing or longer than their tokens.
+    fn add_rejected(t: &mut Table) {
+        let rows = t.prompt.len();
+        t.rejected = Some(
+            (0..rows)
+                .map(|r| (r % 4 != 3).then(|| (0..(r * 7) % 6).map(|i| 300 + i as i32).collect()))
+                .collect(),
+        );
+        t.ref_rejected = (0..rows)
+            .map(|r| (r % 3 != 0).then(|| lp((r * 7) % 6 + r % 2, r)))
+            .collect();
+    }
+
     fn fits() -> impl Strategy<Value = Fit> {
         (prop::option::of(2usize..16), any::<bool>()).prop_map(|(max_len, skip)| Fit {
             max_len,
@@ -1125,6 +1290,7 @@ mod tests {
             advantage: vec![1.0, -1.0, 0.5],
             reference_advantage: vec![0.25, 0.25, 0.0],
             reward: vec![Some(1.0), None, Some(0.0)],
+            ..Table::default()
         };
         let flat = t.flat();
         let spans = [
@@ -1168,6 +1334,12 @@ mod tests {
         assert_eq!(p.sample_mask, vec![1.0, 1.0, 1.0, 0.0]);
         assert_eq!(p.reference_advantage, vec![0.25, 0.0]);
         assert_eq!(p.real_tokens, 5 + 3 + 3 + 1 + 3 + 4);
+        // Only sample 0 has behaviour log-probs; dummies and references never do.
+        assert_eq!(p.behaviour_known, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            (p.reference_fits, p.rejected_mask),
+            (vec![1.0, 1.0], vec![0.0, 0.0])
+        );
 
         let (seqs, _) = sequences(&r, &r.groups);
         let pk = packed(&seqs, RowWidth::Exactly(8), 0).unwrap();
@@ -1198,6 +1370,7 @@ mod tests {
             advantage: vec![1.0, -1.0],
             reference_advantage: vec![0.0; 2],
             reward: vec![Some(1.0); 2],
+            ..Table::default()
         };
         let flat = t.flat();
         let span = [Span {
@@ -1221,11 +1394,13 @@ mod tests {
         let r = resolve(&[flat.shard(&t)], &span, skip).unwrap();
         assert_eq!((r.groups[0].truncated, r.groups[0].skipped), (0, 2));
         assert_eq!(r.samples.len(), 1);
-        // The reference is left out: prompt + its last token stands in, without log-probs.
+        // The reference is left out: no stand-in tokens, and the group is marked.
         assert_eq!(
             (r.groups[0].reference.cont, r.groups[0].reference.reference),
-            (&[3][..], &[][..])
+            (&[][..], &[][..])
         );
+        assert!(!r.groups[0].reference_fits);
+        assert_eq!(padded(&r, &r.groups, 0).reference_fits, vec![0.0]);
         // A prompt that alone reaches the limit: every sequence is left out.
         let tight = Fit {
             max_len: Some(3),
@@ -1234,7 +1409,63 @@ mod tests {
         let r = resolve(&[flat.shard(&t)], &span, tight).unwrap();
         assert_eq!((r.samples.len(), r.groups[0].skipped), (0, 3));
         let p = padded(&r, &r.groups, 0);
-        assert_eq!((p.n, p.g, p.t), (1, 0, 4));
+        assert_eq!((p.n, p.g, p.t), (1, 0, 3)); // the reference row: the prompt alone
+    }
+
+    #[test]
+    fn rejected_answers_follow_the_references() {
+        // Group 0 has a rejected answer [7, 7] (with log-probs), group 1 none (null).
+        let mut t = Table {
+            prompt: vec![vec![1, 2], vec![1, 2], vec![3]],
+            response: vec![vec![5], vec![6], vec![8]],
+            reference: vec![vec![9], vec![9], vec![4]],
+            behaviour: vec![None; 3],
+            ref_logprobs: vec![None; 3],
+            ref_reference: vec![None; 3],
+            advantage: vec![0.0; 3],
+            reference_advantage: vec![0.0; 3],
+            reward: vec![Some(0.0); 3],
+            ..Table::default()
+        };
+        t.rejected = Some(vec![Some(vec![7, 7]), Some(vec![7, 7]), None]);
+        t.ref_rejected = vec![Some(vec![-1.0, -2.0]), Some(vec![-1.0, -2.0]), None];
+        let flat = t.flat();
+        let spans = [
+            Span {
+                shard: 0,
+                start: 0,
+                len: 2,
+            },
+            Span {
+                shard: 0,
+                start: 2,
+                len: 1,
+            },
+        ];
+        let r = resolve(&[flat.shard(&t)], &spans, Fit::ANY).unwrap();
+        assert_eq!(r.groups[0].tokens, 3 + 3 + 3 + 4);
+        let p = padded(&r, &r.groups, 0);
+        assert_eq!((p.n, p.t, p.b, p.g), (8, 4, 2, 2));
+        #[rustfmt::skip]
+        assert_eq!(&p.input_ids[16..], &[
+            1, 2, 9, 0, // references
+            3, 4, 0, 0,
+            1, 2, 7, 7, // rejected answers; group 1: its prompt alone
+            3, 0, 0, 0,
+        ]);
+        assert_eq!(&p.loss_mask[18..], &[0., 1., 1., 0., 0., 0.]);
+        assert_eq!(&p.reference[18..21], &[0., -1.0, -2.0]);
+        assert_eq!(p.rejected_mask, vec![1.0, 0.0]);
+        // Too long for max_len 3 with overlong=skip: no pair, and nothing counted.
+        let skip = Fit {
+            max_len: Some(3),
+            overlong: Overlong::Skip,
+        };
+        let r = resolve(&[flat.shard(&t)], &spans[..1], skip).unwrap();
+        assert_eq!(
+            (r.groups[0].rejected_usable, r.groups[0].skipped),
+            (false, 0)
+        );
     }
 
     #[test]
@@ -1325,8 +1556,12 @@ mod tests {
             lens in prop::collection::vec(0usize..40, 8..32),
             fit in fits(),
             budget in 1u64..40,
+            rejected in any::<bool>(),
         ) {
-            let (t, spans) = table(&sizes, &lens);
+            let (mut t, spans) = table(&sizes, &lens);
+            if rejected {
+                add_rejected(&mut t);
+            }
             check_against_reference(&t, &spans, fit, budget);
         }
 

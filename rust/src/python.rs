@@ -629,10 +629,12 @@ struct ScoreTable {
     reference_advantage: ScalarBuffer<f64>,
     reward: ScalarBuffer<f64>,
     reward_nulls: Option<NullBuffer>,
+    /// The dataset's rejected answers and their reference log-probs, when they are read.
+    rejected: Option<(ListColumn<i32>, ListColumn<f32>)>,
 }
 
 impl ScoreTable {
-    fn import(obj: &Bound<'_, PyAny>, t: usize) -> PyResult<Self> {
+    fn import(obj: &Bound<'_, PyAny>, t: usize, rejected: bool) -> PyResult<Self> {
         let array = import_array(obj, &format!("tables[{t}]"))?;
         let Some(table) = array.as_struct_opt() else {
             return Err(PyTypeError::new_err(format!(
@@ -652,6 +654,14 @@ impl ScoreTable {
             reference_advantage: f64_column(table, t, "reference_advantage", false)?.0,
             reward: f64_column(table, t, "reward", true)?.0,
             reward_nulls: f64_column(table, t, "reward", true)?.1,
+            rejected: if rejected {
+                Some((
+                    list_column::<Int32Type>(table, t, "reference_rejected_token_ids", true)?,
+                    list_column::<Float32Type>(table, t, "ref_reference_rejected_logprobs", true)?,
+                ))
+            } else {
+                None
+            },
         })
     }
 
@@ -667,6 +677,7 @@ impl ScoreTable {
             reference_advantage: &self.reference_advantage,
             reward: &self.reward,
             reward_valid: self.reward_nulls.as_ref().map(bits_of),
+            rejected: self.rejected.as_ref().map(|(a, l)| (a.view(), l.view())),
         }
     }
 }
@@ -761,6 +772,9 @@ type Built = (microbatch::Padded, Option<microbatch::Packed>);
 /// max_seq_len, overlong: prompt + continuation longer than max_seq_len is cut
 ///     ("truncate") or left out ("skip"), as train.max_seq_len / train.overlong say.
 /// names: optional, one per table (e.g. its file), for error messages.
+/// rejected: also read reference_rejected_token_ids (list<int32>) and
+///     ref_reference_rejected_logprobs (list<float32>), both nullable: every micro-batch then
+///     has B more sequences, each group's prompt + its rejected answer (DPO on dataset pairs).
 #[pyclass(name = "MicroBatcher", module = "grao_pipe._native", frozen)]
 struct MicroBatcher {
     tables: Vec<ScoreTable>,
@@ -772,12 +786,13 @@ struct MicroBatcher {
 #[pymethods]
 impl MicroBatcher {
     #[new]
-    #[pyo3(signature = (tables, *, max_seq_len = None, overlong = "truncate", names = None))]
+    #[pyo3(signature = (tables, *, max_seq_len = None, overlong = "truncate", names = None, rejected = false))]
     fn new(
         tables: &Bound<'_, PyAny>,
         max_seq_len: Option<i64>,
         overlong: &str,
         names: Option<Vec<String>>,
+        rejected: bool,
     ) -> PyResult<Self> {
         let overlong = match overlong {
             "truncate" => Overlong::Truncate,
@@ -801,7 +816,7 @@ impl MicroBatcher {
         })?;
         let mut out = Vec::new();
         for (t, obj) in iter.enumerate() {
-            out.push(ScoreTable::import(&obj?, t)?);
+            out.push(ScoreTable::import(&obj?, t, rejected)?);
         }
         let names = names.unwrap_or_default();
         if !names.is_empty() && names.len() != out.len() {
@@ -836,7 +851,8 @@ impl MicroBatcher {
     ///
     /// Returns a dict: "micro_batches", a list with one dict per micro-batch (the padded
     /// layout as NdArray: input_ids, attention_mask [N, T]; loss_mask, behaviour,
-    /// reference [N, T-1]; advantage, reward, sample_mask [B, G]; reference_advantage [B];
+    /// reference [N, T-1]; advantage, reward, sample_mask [B, G]; reference_advantage,
+    /// reference_fits, rejected_mask [B]; behaviour_known [N] (float32 0/1);
     /// the ints n_samples, real_tokens, padded_tokens; and "packed": None or a dict of
     /// input_ids, position_ids, segment [R, W]; src_row, src_col, dst_seq, dst_pos [K];
     /// real_tokens, padded_tokens), and per group, the int64 NdArrays "truncated" and
@@ -965,6 +981,9 @@ fn micro_batch_dict<'py>(
         "reference_advantage",
         nd(py, pad.reference_advantage, &[b])?,
     )?;
+    d.set_item("behaviour_known", nd(py, pad.behaviour_known, &[n])?)?;
+    d.set_item("reference_fits", nd(py, pad.reference_fits, &[b])?)?;
+    d.set_item("rejected_mask", nd(py, pad.rejected_mask, &[b])?)?;
     d.set_item("n_samples", b * g)?;
     d.set_item("real_tokens", pad.real_tokens)?;
     d.set_item("padded_tokens", n * t)?;

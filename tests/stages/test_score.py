@@ -66,6 +66,35 @@ def test_single_sample_groups_are_degenerate_and_counted(tiny_config):
     assert stats.single_sample_groups == stats.degenerate_groups == stats.groups == 12
 
 
+def test_rejected_answers_are_tokenized_and_scored_by_the_reference_model(tiny_config, tmp_path):
+    """generate stores the dataset's rejected answer + EOS as token ids; score adds its
+    reference-model log-probs, one per token, the same on every row of a group."""
+    from grao_pipe.generation.tokenizer import PolicyTokenizer
+    from grao_pipe.reference_model import ReferenceModel
+
+    cfg = load_config(tiny_config(data={"prompts": "builtin:sums_train"}, score={"reference_logprobs": True}))
+    run_stage("generate", cfg)
+    out = run_stage("score", cfg)
+    rows = [r for p in sorted(out.target.dir.path.glob("shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    model_dir = Pipeline(cfg).policy(1).local_dir()
+    tok = PolicyTokenizer(model_dir)
+    for r in rows:
+        assert r["reference_rejected_token_ids"] == tok.reference_ids(r["reference_rejected"])
+    first: dict = {}
+    for r in rows:
+        first.setdefault(r["group_id"], r)
+        assert r["ref_reference_rejected_logprobs"] == first[r["group_id"]]["ref_reference_rejected_logprobs"]
+    r = rows[0]
+    expected = ReferenceModel(model_dir).token_logps([r["prompt_token_ids"]], [r["reference_rejected_token_ids"]])[0]
+    assert r["ref_reference_rejected_logprobs"] == pytest.approx(expected, abs=1e-5)
+    # A prompt set without rejected answers: null columns.
+    plain = load_config(tiny_config(score={"reference_logprobs": True}), [f"workdir={tmp_path / 'plain'}"])
+    run_stage("generate", plain)
+    table = pq.read_table(next(run_stage("score", plain).target.dir.path.glob("shard-*.parquet")))
+    assert table["reference_rejected_token_ids"].null_count == table.num_rows
+    assert table["ref_reference_rejected_logprobs"].null_count == table.num_rows
+
+
 def test_score_output_equals_the_row_rule_and_the_polars_advantages(tiny_config):
     """What the vectorised, two-threaded stage writes equals the row-by-row reward rule and the
     independent Polars advantage reference, row for row (its content is unchanged)."""

@@ -19,27 +19,56 @@ def _prepare(cfg):
     run_stage("score", cfg)
 
 
-@pytest.mark.parametrize("objective,extra", [
-    ("dpo", []),
-    ("grpo", ["train.grpo_kl=0.05"]),
+SUMS = {"data": {"prompts": "builtin:sums_train"},
+        "score": {"reference_logprobs": True,
+                  "scorers": [{"kind": "function", "name": "sums", "function": "grao_pipe.tasks.sums:score"}]}}
+
+
+@pytest.mark.parametrize("objective,extra,sections", [
+    ("dpo", [], SUMS),  # dataset pairs: chosen = the reference, rejected = the dataset's answer
+    ("dpo", ["train.dpo_pairs=samples"], {"score": {"reference_logprobs": True}}),
+    ("grpo", ["train.grpo_kl=0.05"], {"score": {"reference_logprobs": True}}),
+    ("ppo", [], SUMS),
     # LM head in chunks of 2 scored tokens: several chunks under FSDP2, tied head.
-    ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64", "train.logprob_chunk_tokens=2"]),
+    ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64", "train.logprob_chunk_tokens=2"],
+     {"score": {"reference_logprobs": True}}),
 ])
-def test_baselines_train_from_the_same_shards(tiny_config, objective, extra):
-    base = tiny_config(score={"reference_logprobs": True})
-    cfg = load_config(base, [f"train.objective={objective}", *extra])
+def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sections):
+    cfg = load_config(tiny_config(**sections), [f"train.objective={objective}", *extra])
     _prepare(cfg)
     out = run_stage("train", cfg)
     metrics = [json.loads(x) for x in (out.target.dir.path / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and all(m["real_tokens"] > 0 for m in metrics)
-    key = {"dpo": "loss_dpo", "grpo": "loss_kl", "sft": "loss_nll_reference"}[objective]
-    assert key in metrics[0]
-    if objective == "dpo":  # before any update the policy equals the reference: loss = log 2
-        assert metrics[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    keys = {"dpo": {"loss_dpo", "dpo_pair_share"}, "grpo": {"loss_kl"}, "sft": {"loss_nll_reference"},
+            "ppo": {"loss_policy", "loss_value", "value_mean", "ppo_kl"}}[objective]
+    assert keys <= set(metrics[0])
+    if objective == "dpo":  # before any update the policy equals the reference: log 2 per pair
+        assert metrics[0]["loss"] == pytest.approx(0.6931 * metrics[0]["dpo_pair_share"], abs=1e-3)
+        dataset = "train.dpo_pairs=samples" not in extra
+        assert metrics[0]["dpo_pair_share"] == 1.0 if dataset else 0 < metrics[0]["dpo_pair_share"] <= 1
+    if objective == "ppo":
+        assert metrics[0]["value_mean"] == 0.0  # the critic starts at zero
+        from torch.distributed.checkpoint import FileSystemReader
+
+        ckpt = next((out.target.dir.path / "checkpoints").glob("step-*"))
+        saved = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+        assert "model.value_head.weight" in saved  # the critic is in the checkpoint...
+        from safetensors import safe_open
+
+        with safe_open(str(out.target.dir.path / "model" / "model.safetensors"), "pt") as f:
+            exported = list(f.keys())
+        assert not any(k.startswith("value_head") for k in exported)  # ...not in the policy export
+
+
+def test_dpo_dataset_pairs_without_rejected_answers_fail_before_training(tiny_config):
+    cfg = load_config(tiny_config(score={"reference_logprobs": True}), ["train.objective=dpo"])
+    _prepare(cfg)
+    with pytest.raises(InputError, match=r"needs column 'reference_rejected_token_ids'.*train.dpo_pairs=samples"):
+        run_stage("train", cfg)
 
 
 def test_dpo_without_reference_logprobs_fails_before_training(tiny_config):
-    cfg = load_config(tiny_config(), ["train.objective=dpo"])
+    cfg = load_config(tiny_config(), ["train.objective=dpo", "train.dpo_pairs=samples"])
     _prepare(cfg)
     with pytest.raises(InputError, match=r"needs column 'ref_logprobs'.*score.reference_logprobs=true"):
         run_stage("train", cfg)

@@ -74,6 +74,21 @@ def test_kernel_equals_the_python_reference(shards, tmp_path, max_seq_len, overl
         assert new.stats.truncated + new.stats.skipped > 0
 
 
+@pytest.mark.parametrize("max_seq_len,overlong", [(None, "truncate"), (9, "truncate"), (6, "skip")])
+def test_kernel_equals_the_python_reference_with_rejected_answers(tmp_path, max_seq_len, overlong):
+    """DPO on dataset pairs: B more rows, each group's prompt + its rejected answer (the prompt
+    alone where there is none or it cannot fit), and the pair mask."""
+    paths = write_rows(tmp_path, [random_groups(n, seed=10 + s, shard=s, rejected=True) for s, n in enumerate([30, 20])])
+    old = GroupStore(paths, tmp_path, max_seq_len, overlong, rejected=True)
+    new = GroupStore(paths, tmp_path, max_seq_len, overlong, rejected=True)
+    ks = np.random.default_rng(0).permutation(len(old))[:19]
+    (wb, _), = _reference(old, ks, 0, 0)
+    (mb,) = new.micro_batches(ks, PAD)
+    assert wb.has_rejected_rows and 0 < float(wb.rejected_mask_B.sum()) < len(ks)
+    for f in wb.__dataclass_fields__:
+        _same(getattr(mb.batch, f), getattr(wb, f), f"Batch.{f}")
+
+
 def test_fitted_rows_hold_the_same_sequences_with_no_more_padding(shards, tmp_path):
     paths, _ = shards
     store = GroupStore(paths, tmp_path)

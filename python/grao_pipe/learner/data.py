@@ -34,6 +34,9 @@ from grao_pipe.storage.shards import read_shard
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
            "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",
            "ref_reference_logprobs"]
+# A dataset's rejected answer (DPO on dataset pairs): null columns when a shard predates them.
+REJECTED_COLUMNS = {"reference_rejected_token_ids": pa.list_(pa.int32()),
+                    "ref_reference_rejected_logprobs": pa.list_(pa.float32())}
 
 
 @dataclass
@@ -48,6 +51,14 @@ class Group:
     rewards: list[float] = field(default_factory=list)
     behaviour: list[list[float] | None] = field(default_factory=list)
     ref: list[list[float] | None] = field(default_factory=list)
+    # False: the reference did not fit max_seq_len (overlong=skip); ``reference`` is then empty
+    # and objectives that read y give the whole group zero weight (its Â_y was computed
+    # against y, so training on the samples alone would be a different objective).
+    reference_fits: bool = True
+    # The dataset's rejected answer + EOS, when the store reads them (``rejected=True``): empty
+    # where the row has none or it cannot fit (no pair); None: not read.
+    rejected: list[int] | None = None
+    ref_rejected: list[float] | None = None
 
 
 @dataclass
@@ -76,10 +87,10 @@ class GroupStore:
     """
 
     def __init__(self, shards: list[tuple[Path, str]], cache_dir: Path, max_seq_len: int | None = None,
-                 overlong: str = "truncate"):
+                 overlong: str = "truncate", rejected: bool = False):
         from grao_pipe import _native
 
-        self.max_seq_len, self.overlong = max_seq_len, overlong
+        self.max_seq_len, self.overlong, self.rejected = max_seq_len, overlong, rejected
         self.stats = LoadStats()
         self.tables: list[pa.RecordBatch] = []
         spans: list[np.ndarray] = []
@@ -98,7 +109,8 @@ class GroupStore:
         self._seen = np.zeros(len(self.index), dtype=bool)
         self._lock = threading.Lock()  # stats are counted from the loader thread and the main one
         files = [str(cache_file(cache_dir, i, sha)) for i, (_, sha) in enumerate(shards)]
-        self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong, names=files)
+        self._batcher = _native.MicroBatcher(self.tables, max_seq_len=max_seq_len, overlong=overlong, names=files,
+                                             rejected=rejected)
 
     @staticmethod
     def _open(ipc: Path, path: Path, sha: str) -> pa.RecordBatch:
@@ -121,15 +133,20 @@ class GroupStore:
         self._seen[k] = True
         first = rows[0]
         plen = len(first["prompt_token_ids"])
-        ref = _fit(plen, first["reference_token_ids"], self.max_seq_len, self.overlong)
-        if ref is None:  # the reference cannot fit: the group trains on its samples only
-            ref, ref_lp = first["prompt_token_ids"][-1:], None
+        fitted = _fit(plen, first["reference_token_ids"], self.max_seq_len, self.overlong)
+        if fitted is None:  # the reference cannot fit: no stand-in tokens, the group is marked
+            ref, ref_lp = [], None
             self.stats.skipped += count
         else:
+            ref, ref_lp = fitted, first["ref_reference_logprobs"]
             self.stats.truncated += count and ref is not first["reference_token_ids"]
-            ref_lp = first["ref_reference_logprobs"]
         grp = Group(first["group_id"], first["prompt_token_ids"], ref, first["reference_advantage"],
-                    ref_lp[: len(ref)] if ref_lp is not None else None)
+                    ref_lp[: len(ref)] if ref_lp is not None else None, reference_fits=fitted is not None)
+        if self.rejected:  # no pair (empty) where the row has none or it cannot fit; not counted
+            answer = first.get("reference_rejected_token_ids")
+            grp.rejected = (_fit(plen, answer, self.max_seq_len, self.overlong) if answer is not None else None) or []
+            rej_lp = first.get("ref_reference_rejected_logprobs")
+            grp.ref_rejected = rej_lp[: len(grp.rejected)] if rej_lp is not None and grp.rejected else None
         for row in rows:
             resp = _fit(plen, row["response_token_ids"], self.max_seq_len, self.overlong)
             if resp is None:
@@ -170,7 +187,11 @@ def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
 
 def _convert(ipc: Path, path: Path, sha: str) -> pa.Table:
     """A score shard's kept rows (checksum checked) as one uncompressed Arrow IPC record batch."""
-    table = read_shard(path, "score", sha).select(COLUMNS).filter(pc.field("keep")).combine_chunks()
+    table = read_shard(path, "score", sha)
+    for name, typ in REJECTED_COLUMNS.items():  # shards from before these columns: null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep")).combine_chunks()
     tmp = ipc.with_name(tmp_name(ipc.name))
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -203,7 +224,8 @@ def _check_prompts(table: pa.RecordBatch | pa.Table, path: Path) -> None:
                         "Drop the row (keep=false) or re-run score")
 
 def group_tokens(g: Group) -> int:
-    return sum(len(g.prompt) + len(r) for r in g.responses) + len(g.prompt) + len(g.reference)
+    rejected = len(g.prompt) + len(g.rejected) if g.rejected is not None else 0
+    return sum(len(g.prompt) + len(r) for r in g.responses) + len(g.prompt) + len(g.reference) + rejected
 
 
 def micro_batches(groups: list[Group], budget: int) -> list[list[Group]]:
@@ -234,9 +256,22 @@ class Batch:
     reward_BG: torch.Tensor
     ref_adv_B: torch.Tensor
     mask_BG: torch.Tensor
-    n_samples: int  # first B*G sequences are samples (row-major), the last B are references
+    n_samples: int  # first B*G sequences are samples (row-major), then B references
     real_tokens: int
     padded_tokens: int
+    behaviour_known_N: torch.Tensor  # bool: the sequence has behaviour log-probs
+    reference_fits_B: torch.Tensor  # 1.0 where the group's reference is usable (see Group)
+    # 1.0 where the group has a usable rejected answer. When rejected answers were read, B
+    # rejected sequences follow the references (rows n_samples+B .. n_samples+2B).
+    rejected_mask_B: torch.Tensor
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.ref_adv_B.shape[0])
+
+    @property
+    def has_rejected_rows(self) -> bool:
+        return int(self.input_ids_NT.shape[0]) == self.n_samples + 2 * self.n_groups
 
 
 def collate(groups: list[Group], pad_id: int) -> Batch:
@@ -256,6 +291,8 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
                 seqs.append((grp.prompt[:1] or [pad_id], 1, None, None))
     for grp in groups:
         seqs.append((grp.prompt + grp.reference, len(grp.prompt), None, grp.ref_reference))
+    if any(x.rejected is not None for x in groups):  # no pair: the prompt alone
+        seqs += [(grp.prompt + (grp.rejected or []), len(grp.prompt), None, grp.ref_rejected) for grp in groups]
     t = max(len(s) for s, *_ in seqs)
     n = len(seqs)
     ids = torch.full((n, t), pad_id, dtype=torch.long)
@@ -270,8 +307,12 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
         if rf is not None:
             ref[k, p - 1 : p - 1 + len(rf)] = torch.tensor(rf)
     real = int(attn.sum())
+    known = torch.tensor([beh is not None for _, _, beh, _ in seqs])
+    fits = torch.tensor([float(x.reference_fits) for x in groups])
+    rejected = torch.tensor([float(bool(x.rejected)) for x in groups])
     return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
-                 torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t)
+                 torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t,
+                 known, fits, rejected)
 
 
 @dataclass(frozen=True)
@@ -354,7 +395,8 @@ def _micro_batch(d: dict) -> MicroBatch:
     t = {k: _tensor(v) for k, v in d.items() if k != "packed" and not isinstance(v, int)}
     batch = Batch(t["input_ids"], t["attention_mask"], t["loss_mask"], t["behaviour"], t["reference"],
                   t["advantage"], t["reward"], t["reference_advantage"], t["sample_mask"], d["n_samples"],
-                  d["real_tokens"], d["padded_tokens"])
+                  d["real_tokens"], d["padded_tokens"], t["behaviour_known"] > 0, t["reference_fits"],
+                  t["rejected_mask"])
     p = d["packed"]
     if p is None:
         return MicroBatch(batch, None)

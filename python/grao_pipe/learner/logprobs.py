@@ -126,7 +126,9 @@ class CausalLMLogps(nn.Module):
         hidden = self.model(input_ids=input_ids_RT, attention_mask=attention_mask, position_ids=position_ids_RT,
                             use_cache=False).last_hidden_state
         hidden_KH = hidden[rows_K, cols_K]
-        targets_K = input_ids_RT[rows_K, cols_K + 1]
+        return self._head_logps(hidden_KH, input_ids_RT[rows_K, cols_K + 1], chunk_tokens)
+
+    def _head_logps(self, hidden_KH: torch.Tensor, targets_K: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
         if chunk_tokens > 0 and self.lm_head.bias is None:
             return chunked_token_logps(hidden_KH, self.lm_head.weight, targets_K, chunk_tokens)
         return full_token_logps(self.lm_head(hidden_KH), targets_K)
@@ -135,3 +137,39 @@ class CausalLMLogps(nn.Module):
 def as_logps_model(model: nn.Module) -> nn.Module:
     """``model`` if it already returns log-probs (possibly FSDP-wrapped), else a wrapper around it."""
     return model if isinstance(model, CausalLMLogps) else CausalLMLogps(model)
+
+
+class CausalLMLogpsValues(CausalLMLogps):
+    """``CausalLMLogps`` plus PPO's critic: a linear value head on the backbone's final hidden
+    state, so ``forward`` returns (log πθ, V) at the same positions: V(r, c) is the value of the
+    state that precedes token ``input_ids_RT[r, c + 1]``.
+
+    The head is a submodule of this FSDP root (sharded and checkpointed with it); it is not part
+    of the causal LM, so the Hugging Face export leaves it out (``policy_state_dict``). It starts
+    at zero (V = 0 everywhere), and a new train stage (the next round) starts a fresh one.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__(lm)
+        hidden = int(self.lm_head.weight.shape[1])  # the backbone's final hidden size
+        self.value_head = nn.Linear(hidden, 1, device=self.lm_head.weight.device, dtype=torch.float32)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids_RT: torch.Tensor, rows_K: torch.Tensor, cols_K: torch.Tensor,  # type: ignore[override]
+                attention_mask: Any = None, position_ids_RT: torch.Tensor | None = None,
+                chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model(input_ids=input_ids_RT, attention_mask=attention_mask, position_ids=position_ids_RT,
+                            use_cache=False).last_hidden_state
+        hidden_KH = hidden[rows_K, cols_K]
+        values_K = self.value_head(hidden_KH.to(self.value_head.weight.dtype))[:, 0].float()
+        return self._head_logps(hidden_KH, input_ids_RT[rows_K, cols_K + 1], chunk_tokens), values_K
+
+
+# Learner-only parameters: in checkpoints, never in the exported policy.
+LEARNER_ONLY_PREFIXES = ("value_head.",)
+
+
+def policy_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """The causal LM's own entries of a learner state dict (what the HF export holds)."""
+    return {k: v for k, v in state.items() if not k.startswith(LEARNER_ONLY_PREFIXES)}

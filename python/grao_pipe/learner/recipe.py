@@ -25,9 +25,9 @@ from grao_pipe.faults import kill_point
 from grao_pipe.learner import checkpoint
 from grao_pipe.learner.data import GroupStore, Step, StepLoader
 from grao_pipe.learner.fsdp import shard_model
-from grao_pipe.learner.logprobs import CausalLMLogps
+from grao_pipe.learner.logprobs import policy_state_dict
 from grao_pipe.learner.metric_logging import Loggers, make_loggers
-from grao_pipe.learner.objectives import step_loss
+from grao_pipe.learner.objectives import learner_model, step_loss, uses_rejected
 from grao_pipe.learner.spec import LearnerSpec
 from grao_pipe.learner.train_mode import prepare_for_training
 
@@ -88,13 +88,14 @@ class GRAORecipe:
         self.n_params = sum(p.numel() for p in lm.parameters())
         # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the
         # LM head and embeddings are unsharded by the root's hooks around the chunked head too.
-        self.model = CausalLMLogps(lm)
+        self.model = learner_model(lm, cfg)  # with PPO's value head for objective=ppo
         shard_model(self.model, self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
 
         # The stage converted the shards (checksums checked); every rank memory-maps them.
-        self.groups = GroupStore(self.spec.shards, self.spec.cache_dir, cfg.max_seq_len, cfg.overlong)
+        self.groups = GroupStore(self.spec.shards, self.spec.cache_dir, cfg.max_seq_len, cfg.overlong,
+                                 rejected=uses_rejected(cfg))
         self.step_size = min(cfg.groups_per_step, len(self.groups))
         if self.step_size < self.world:
             raise ValueError(f"{len(self.groups)} usable groups cannot feed {self.world} ranks; lower train.nproc")
@@ -233,7 +234,7 @@ class GRAORecipe:
             # Eager attention: the export only holds weights (config.json does not record the kernel).
             export = AutoModelForCausalLM.from_config(self.model.config, dtype=torch.float32,
                                                       attn_implementation="eager")
-            export.load_state_dict(full)
+            export.load_state_dict(policy_state_dict(full))  # learner-only heads (PPO's critic) stay out
             export.to(dtype)
             tmp = self.out / ".tmp-model"
             shutil.rmtree(tmp, ignore_errors=True)

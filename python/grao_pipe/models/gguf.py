@@ -12,13 +12,13 @@ workers and re-runs share it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from grao_pipe.errors import ConfigError, InputError
 from grao_pipe.hashing import digest
+from grao_pipe.schemas import tmp_name
 from grao_pipe.storage import content_sha256
 
 GgufDtype = Literal["fp32", "bf16"]
@@ -93,7 +93,7 @@ def import_gguf(gguf_file: str | Path, out_root: str | Path, dtype: GgufDtype = 
     require_gguf_package()
     check_architecture(path, gguf_architecture(path))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
+    tmp = out.with_name(tmp_name(out.name))
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _convert(path, tmp, dtype)

@@ -97,26 +97,36 @@ def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256:
         .append_column("degenerate", adv.degenerate)
         .append_column("keep", keep)
     )
-    ref_lp, ref_ref_lp = _reference_logprobs(table, ref_model)
-    out = out.append_column("ref_logprobs", ref_lp).append_column("ref_reference_logprobs", ref_ref_lp)
+    ref_lp, ref_ref_lp, ref_rej_lp = _reference_logprobs(table, ref_model)
+    out = (out.append_column("ref_logprobs", ref_lp).append_column("ref_reference_logprobs", ref_ref_lp)
+           .append_column("ref_reference_rejected_logprobs", ref_rej_lp))
     for c, v in per_scorer:
         out = out.append_column(f"reward_{c.name}", v)
     return out, counts
 
 
-def _reference_logprobs(table: pa.Table, ref_model: ReferenceModel | None) -> tuple[pa.Array, pa.Array]:
-    null = pa.nulls(table.num_rows, pa.list_(pa.float32()))
+def _reference_logprobs(table: pa.Table, ref_model: ReferenceModel | None) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Reference-model log-probs of each response, of the group's reference answer and of the
+    dataset's rejected answer (null where there is none)."""
+    lists = pa.list_(pa.float32())
+    null = pa.nulls(table.num_rows, lists)
     if ref_model is None:
-        return null, null
+        return null, null, null
     prompts = table["prompt_token_ids"].to_pylist()
     responses = ref_model.token_logps(prompts, table["response_token_ids"].to_pylist())
-    # The reference answer is scored once per group and repeated on the group's rows.
-    gids, refs = table["group_id"].to_pylist(), table["reference_token_ids"].to_pylist()
+    # The reference and rejected answers are scored once per group, repeated on the group's rows.
+    gids = table["group_id"].to_pylist()
     first = {g: i for i, g in reversed(list(enumerate(gids)))}
     uniq = list(first.values())
-    ref_lps = dict(zip(uniq, ref_model.token_logps([prompts[i] for i in uniq], [refs[i] for i in uniq]), strict=True))
-    per_row = [ref_lps[first[g]] for g in gids]
-    return pa.array(responses, pa.list_(pa.float32())), pa.array(per_row, pa.list_(pa.float32()))
+
+    def per_group(column: str) -> list[list[float] | None]:
+        conts = table[column].to_pylist()
+        todo = [i for i in uniq if conts[i] is not None]
+        lps = dict(zip(todo, ref_model.token_logps([prompts[i] for i in todo], [conts[i] for i in todo]), strict=True))
+        return [lps.get(first[g]) for g in gids]
+
+    return (pa.array(responses, lists), pa.array(per_group("reference_token_ids"), lists),
+            pa.array(per_group("reference_rejected_token_ids"), lists))
 
 
 def _stats(scored: pa.Table, counts: dict[str, int]) -> ScoreShardStats:

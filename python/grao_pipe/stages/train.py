@@ -35,12 +35,24 @@ def required_columns(cfg: TrainConfig) -> dict[str, str]:
     """Columns the objective needs non-null, with what to do when they are missing."""
     need: dict[str, str] = {}
     ref_hint = "set score.reference_logprobs=true and re-run score"
-    if cfg.objective == "dpo":
+    beh_hint = "generate with a backend that returns log-probs (hf, vllm)"
+    if cfg.objective == "dpo" and cfg.dpo_pairs == "samples":
         need |= {"ref_logprobs": ref_hint, "ref_reference_logprobs": ref_hint}
-    if cfg.objective == "grpo" and cfg.grpo_kl > 0:
+    if cfg.objective == "dpo" and cfg.dpo_pairs == "dataset":
+        pairs_hint = "use a prompt set with a rejected answer per row (data.rejected_field), or train.dpo_pairs=samples"
+        need |= {"reference_rejected_token_ids": pairs_hint, "ref_reference_logprobs": ref_hint,
+                 "ref_reference_rejected_logprobs": ref_hint}
+    if (cfg.objective == "grpo" and cfg.grpo_kl > 0) or (cfg.objective == "ppo" and cfg.ppo_kl > 0):
         need["ref_logprobs"] = ref_hint
-    if (cfg.objective == "grpo" and cfg.grpo_clip is not None) or cfg.importance_weights:
-        need["behaviour_logprobs"] = "generate with a backend that returns log-probs (hf, vllm), or disable ratio clipping / importance weights"
+    if cfg.objective == "grpo" and cfg.grpo_clip is not None:
+        # Without clipping the ratio is taken against stop_grad(πθ): the on-policy surrogate,
+        # which ignores how far the stored samples are from the current policy.
+        need["behaviour_logprobs"] = (f"{beh_hint}, or set train.grpo_clip=null for the unclipped on-policy "
+                                      "surrogate (no correction for stale rollouts)")
+    if cfg.objective == "ppo":
+        need["behaviour_logprobs"] = f"{beh_hint}: PPO's ratio is taken against them"
+    if cfg.importance_weights:
+        need["behaviour_logprobs"] = f"{beh_hint}, or set train.importance_weights=false"
     return need
 
 
@@ -48,8 +60,12 @@ def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
     """Fail before training starts if a kept row lacks a column the objective needs."""
     need = required_columns(cfg)
     for path in shards if need else []:
-        table = pq.read_table(path, columns=[*need, "keep"])
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in [*need, "keep"] if c in present])
         for col, hint in need.items():
+            if col not in table.column_names:
+                raise InputError(f"{path}: train.objective={cfg.objective} needs column {col!r}, absent from the "
+                                 f"shard (written by an older grao-pipe); {hint}")
             nulls = pc.sum(pc.and_(table["keep"], pc.is_null(table[col]))).as_py() or 0
             if nulls:
                 raise InputError(f"{path}: train.objective={cfg.objective} needs column {col!r}, "
