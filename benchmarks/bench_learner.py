@@ -9,6 +9,10 @@ tokens/s, the padding fraction, peak memory on a GPU and, with a known peak, MFU
 
     python benchmarks/bench_learner.py                       # CPU, small model (no flex: no CPU backward)
     python benchmarks/bench_learner.py --device cuda --shape qwen2.5-0.5b --groups 16 --pack 8192
+    python benchmarks/bench_learner.py --model runs/smollm2/models/gguf-fp32-...   # a real model
+
+The last line is ``packed_vs_padded: <x>``: packed sdpa over padded sdpa, both with the chunked
+head, at equal real tokens (>1: packing is faster).
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    ap.add_argument("--model", default=None, help="a Hugging Face model directory (overrides --shape)")
     ap.add_argument("--groups", type=int, default=4, help="groups per step")
     ap.add_argument("--g", type=int, default=8, help="samples per group")
     ap.add_argument("--median", type=int, default=260)
@@ -128,8 +133,15 @@ def main() -> None:
     micro_tokens = a.micro_tokens if a.micro_tokens is not None else (16384 if cuda else 0)
     warmup = a.warmup if a.warmup is not None else (2 if cuda else 1)
     torch.manual_seed(0)
-    cfg = Qwen2Config(**SHAPES[a.shape], max_position_embeddings=max(a.cap * 2, a.pack))
-    model = Qwen2ForCausalLM(cfg).to(device)
+    if a.model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).to(device)
+        model.config.use_cache = False
+        cfg, a.shape = model.config, a.model.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        cfg = Qwen2Config(**SHAPES[a.shape], max_position_embeddings=max(a.cap * 2, a.pack))
+        model = Qwen2ForCausalLM(cfg).to(device)
     if a.activation_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -157,6 +169,9 @@ def main() -> None:
     for label, tps in results.items():
         if base and label != "padded sdpa full-head":
             print(f"{label} / padded sdpa full-head = {tps / base:.2f}x")
+    packed, padded = results.get(f"packed sdpa chunk{a.chunk}"), results.get(f"padded sdpa chunk{a.chunk}")
+    if packed and padded:
+        print(f"packed_vs_padded: {packed / padded:.2f}")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_status_is_read_only_and_needs_no_torch(tiny_config, tmp_path):
 def test_keys_do_not_depend_on_how_the_stages_were_launched(tiny_config, tmp_path):
     """`run` in one process and the verbs one by one (as the Airflow DAG calls them, here without
     HF_HUB_OFFLINE in the environment) give the same key to every stage, round 2's included."""
-    cfg = tiny_config()
+    cfg = tiny_config(train={"nproc": 1})
     assert cli("run", "-c", str(cfg), f"workdir={tmp_path / 'a'}").returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     for verb in ("generate", "score", "train"):

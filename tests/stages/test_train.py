@@ -28,7 +28,7 @@ SUMS = {"data": {"prompts": "builtin:sums_train"},
     ("dpo", [], SUMS),  # dataset pairs: chosen = the reference, rejected = the dataset's answer
     ("dpo", ["train.dpo_pairs=samples"], {"score": {"reference_logprobs": True}}),
     ("grpo", ["train.grpo_kl=0.05"], {"score": {"reference_logprobs": True}}),
-    ("ppo", [], SUMS),
+    ("ppo", ["train.keep_checkpoints=true"], SUMS),  # the test reads the critic from a checkpoint
     # LM head in chunks of 2 scored tokens: several chunks under FSDP2, tied head.
     ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64", "train.logprob_chunk_tokens=2"],
      {"score": {"reference_logprobs": True}}),
