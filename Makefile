@@ -84,7 +84,7 @@ bench: setup
 
 # The paper's comparison at small scale on CPU (experiments/replicate.py; docs/replication.md)
 replicate: setup
-	$(BIN)/python experiments/replicate.py
+	$(BIN)/python experiments/replicate.py --doc docs/replication.md
 
 # The same code paths in a few minutes (1 seed, 5 methods, no lr grid): a smoke run, not evidence
 replicate-quick: setup
