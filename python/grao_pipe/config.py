@@ -311,7 +311,7 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """``grao-pipe eval``: base vs trained model on held-out prompts, judged against references."""
 
-    prompts: ByContent[str | None] = Field(None, description="held-out prompt file; default: data.prompts")
+    prompts: ByContent[str | None] = Field(None, description="held-out prompt file; unset: the training prompts (data.prompts), with a warning and held_out=false in eval.json")
     limit: int | None = Field(None, gt=0)
     base_model: ByContent[str | None] = Field(None, description="default: the round-1 policy")
     model: ByContent[str | None] = Field(None, description="default: the last round's trained model")

@@ -99,6 +99,7 @@ class EvalStats(_Model):
 
     n_prompts: int
     scorer: str
+    held_out: bool | None = None  # False: eval.prompts was not set, the training prompts were used
     invalid: dict[str, int]
     mean_reward: dict[str, float | None]
     ras: dict[str, Estimate]  # strict, win_tie

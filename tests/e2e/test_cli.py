@@ -54,7 +54,12 @@ def test_full_round_then_cached(tiny_config, tmp_path):
         for e in res[group].values():
             assert e["low"] <= e["value"] <= e["high"]
     assert "RAS strict" in ev.stdout and "NAG net" in ev.stdout
+    # No eval.prompts: the training prompts, as an explicit and visible choice.
+    assert res["held_out"] is False and "eval.prompts is not set" in ev.stderr and "TRAINING" in ev.stdout
     assert cli("eval", "-c", str(cfg), "eval.limit=12").stdout.count("(cached)") == 1
+    held = cli("eval", "-c", str(cfg), "eval.limit=4", "eval.prompts=builtin:arith", "--json-out", str(out_json))
+    assert held.returncode == 0 and "eval.prompts is not set" not in held.stderr
+    assert json.loads(out_json.read_text())["stats"]["held_out"] is True
 
 
 def test_misspelt_key_fails_with_its_name(tiny_config, tmp_path):

@@ -9,6 +9,7 @@ gives R(o, y) against the reference for each answer. Output: ``<workdir>/eval/<k
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,9 @@ class Eval(Stage):
         timer = Timer()
         base, post = self._models(p, target.round)
         data = p.cfg.data.model_copy(update={"limit": ec.limit})
+        if ec.prompts is None:  # an explicit, printed choice: a number on training prompts is not a result
+            print(f"WARNING: eval.prompts is not set: evaluating on the training prompts ({p.cfg.data.prompts}), "
+                  "which are not held out; set eval.prompts to a held-out prompt file", file=sys.stderr)
         prompts = load_prompt_set(p.input(self._prompts_location(p)), data).prompts
         scorer_cfg = ec.scorer or p.cfg.score.scorers[0]
         scorer = scoring.build(scorer_cfg, p.scorer_files(scorer_cfg))
@@ -95,7 +99,7 @@ class Eval(Stage):
                             f"({len(requests)} prompts; unparseable judge answers {res_post.unparseable + res_pre.unparseable}, "
                             f"scorer errors {res_post.errors + res_pre.errors}); fix the scorer and re-run")
         result = {
-            "n_prompts": len(requests), "scorer": scorer_cfg.name,
+            "n_prompts": len(requests), "scorer": scorer_cfg.name, "held_out": ec.prompts is not None,
             "invalid": {"model": sum(v is None for v in r_post), "base": sum(v is None for v in r_pre)},
             "mean_reward": {"model": _mean(r_post), "base": _mean(r_pre)},
             "ras": {k: e.as_dict() for k, e in metrics.ras(r_post).items()},
@@ -121,7 +125,8 @@ class Eval(Stage):
         if not isinstance(o.manifest, EvalManifest):
             return
         st = o.manifest.stats
-        table = Table(title=f"eval on {st.n_prompts} prompts (scorer {st.scorer}){' (cached)' if o.cached else ''}")
+        where = "" if st.held_out is not False else ", the TRAINING prompts: not held out"
+        table = Table(title=f"eval on {st.n_prompts} prompts{where} (scorer {st.scorer}){' (cached)' if o.cached else ''}")
         for col in ("metric", "value", "95% CI", "N"):
             table.add_column(col, justify="right")
         for name, group in (("RAS", st.ras), ("RAS (base)", st.ras_base), ("NAG", st.nag)):
