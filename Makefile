@@ -10,6 +10,9 @@ AIRFLOW_VENV := .venv-airflow
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-stamp
 NATIVE := $(VENV)/.native-stamp
+# Two pytest workers: most of the suite is process start-up and waiting on subprocesses, so two
+# workers halve its wall time on 2 cores (one file per worker keeps module fixtures shared).
+TEST_WORKERS ?= 2
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
 .PHONY: setup demo demo-real test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick lock clean
@@ -38,7 +41,7 @@ demo-real: setup
 
 test: setup
 	cargo test -q --release
-	$(BIN)/python -m pytest -q tests --ignore=tests/airflow
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests --ignore=tests/airflow
 	$(MAKE) --no-print-directory test-airflow
 	$(MAKE) --no-print-directory test-lowest
 
