@@ -164,6 +164,8 @@ class EvalManifest(_Manifest):
     stats: EvalStats
 
 
+# Any one stage's manifest type (``Manifest`` is the tagged union read from disk).
+StageManifest = GenerateManifest | ScoreManifest | TrainManifest | EvalManifest
 Manifest = Annotated[GenerateManifest | ScoreManifest | TrainManifest | EvalManifest, Field(discriminator="stage")]
 _ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
 

@@ -16,13 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich.console import Console
 
 from grao_pipe.errors import StageNotReady
 from grao_pipe.hashing import digest
-from grao_pipe.manifests import Manifest
+from grao_pipe.manifests import Manifest, StageManifest
 from grao_pipe.storage import StageDir
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 Part = tuple[int, int]  # (k, N): worker k of N (``--shard k/N``)
 WHOLE: Part = (0, 1)
+
+
+M = TypeVar("M", bound=StageManifest)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,13 @@ class Target:
 
     def manifest(self) -> Manifest | None:
         return self.dir.manifest()
+
+    def commit(self, cls: type[M], shards: list[Any], stats: Any) -> M:
+        """Commit this output: its manifest (key, config and inputs as hashed, the round) with
+        ``shards`` and ``stats``, and ``_SUCCESS``; returns the committed manifest."""
+        m = cls(key=self.key, config=self.config, inputs={**self.inputs, "round": self.round}, shards=shards, stats=stats)
+        self.dir.commit(m)
+        return m
 
     def require(self, consumer: str) -> Manifest:
         """This output's manifest, or StageNotReady saying what to run first."""

@@ -112,9 +112,7 @@ class Eval(Stage):
         stats = EvalStats.model_validate({**result, "seconds": round(timer.seconds, 3)})
         # allow_nan=False: eval.json is strict JSON that any tool reads.
         target.dir.write_file("eval.json", json.dumps(stats.model_dump(), indent=2, allow_nan=False).encode())
-        manifest = EvalManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
-                                shards=[], stats=stats)
-        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+        return Outcome(target, False, target.commit(EvalManifest, [], stats), timer.seconds)
 
     def size(self, m: object) -> str:
         assert isinstance(m, EvalManifest)

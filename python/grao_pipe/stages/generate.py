@@ -149,9 +149,7 @@ class Generate(Stage):
             prompts_truncated=sum(s.prompts_truncated for s in per_shard),
             mean_response_tokens=tokens / max(rows, 1), seconds=round(timer.seconds, 3),
         )
-        manifest = GenerateManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
-                                    shards=entries, stats=stats)
-        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+        return Outcome(target, False, target.commit(GenerateManifest, entries, stats), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, GenerateManifest)

@@ -224,9 +224,7 @@ class Score(Stage):
             seconds=round(timer.seconds, 3),
         )
         _check_signal(target, stats, cfg)
-        manifest = ScoreManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
-                                 shards=entries, stats=stats)
-        return Outcome(target, False, target.dir.commit(manifest), timer.seconds)
+        return Outcome(target, False, target.commit(ScoreManifest, entries, stats), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, ScoreManifest)

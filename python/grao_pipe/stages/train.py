@@ -158,9 +158,7 @@ class Train(Stage):
         from grao_pipe.models import policy_digest
 
         model = ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
-        manifest = TrainManifest(key=target.key, config=target.config, inputs={**target.inputs, "round": target.round},
-                                 shards=[model], stats=stats)
-        target.dir.commit(manifest)
+        manifest = target.commit(TrainManifest, [model], stats)
         # Scratch of a finished stage: the learner's copy of the shards, its resume state.
         shutil.rmtree(out / "cache", ignore_errors=True)
         shutil.rmtree(out / "errors", ignore_errors=True)
