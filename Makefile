@@ -35,7 +35,7 @@ demo: setup
 	$(BIN)/grao-pipe run -c pipelines/demo.yaml --report-json runs/demo/report.json
 
 # The same pipeline on a real pretrained chat model (SmolLM2-135M-Instruct, from the PyPI package
-# the locks install): generate -> score -> train -> held-out eval, about 15-20 minutes on 2 cores.
+# the locks install): generate -> score -> train -> held-out eval, about 8-10 minutes on 2 cores.
 demo-real: setup
 	$(BIN)/grao-pipe run -c pipelines/smollm2.yaml --report-json runs/smollm2/report.json
 
