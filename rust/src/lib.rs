@@ -1,6 +1,6 @@
 //! Rust core of grao-pipe.
 //!
-//! The kernels ([`groups`], [`advantages`], [`packing`], [`microbatch`]) are plain Rust over
+//! The kernels ([`groups`], [`advantages`], [`packing`], [`microbatch`], [`splice`]) are plain Rust over
 //! slices and have no Python dependency, so `cargo test` exercises them without linking
 //! Python. The thin PyO3 bindings in `python.rs` (cargo feature `python`, turned on by
 //! maturin) move Arrow arrays in and out through the Arrow PyCapsule interface and validate
@@ -16,6 +16,8 @@ pub mod mem;
 pub mod microbatch;
 pub mod packing;
 pub mod pool;
+pub mod rules;
+pub mod splice;
 
 #[cfg(feature = "python")]
 mod python;

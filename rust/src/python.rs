@@ -17,9 +17,9 @@ use arrow_array::{
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::DataType;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PyTuple};
 
 use crate::advantages::{self, Mode, Params};
 use crate::bitmap::Bitmap;
@@ -28,6 +28,8 @@ use crate::mem::zeroed_vec;
 use crate::microbatch::{self, Bits, Fit, Lists, Overlong, RowWidth, Shard, Span};
 use crate::packing;
 use crate::pool;
+use crate::rules;
+use crate::splice;
 
 const SCHEMA_CAPSULE: &CStr = c"arrow_schema";
 const ARRAY_CAPSULE: &CStr = c"arrow_array";
@@ -403,6 +405,123 @@ fn group_advantages<'py>(
     dict.set_item("n_degenerate_groups", summary.n_degenerate_groups)?;
     dict.set_item("n_invalid_rewards", summary.n_invalid_rewards)?;
     Ok(dict)
+}
+
+/// A string column, borrowed from an imported array.
+enum Strings<'a> {
+    Utf8(&'a GenericStringArray<i32>),
+    LargeUtf8(&'a GenericStringArray<i64>),
+    Utf8View(&'a StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    fn new(array: &'a dyn Array, arg: &str) -> PyResult<Self> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => Strings::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Strings::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Strings::Utf8View(array.as_string_view()),
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "{arg} must be string, large_string or string_view, got {other}"
+                )))
+            }
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Strings::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Strings::LargeUtf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Strings::Utf8View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+/// The embedded task's reward R(o, y) over whole columns (rust/src/rules.rs): float64, null
+/// where the prompt is not `a+b=`.
+#[pyfunction]
+fn arith_rewards<'py>(
+    py: Python<'py>,
+    prompts: &Bound<'py, PyAny>,
+    responses: &Bound<'py, PyAny>,
+    references: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, ExportedArray>> {
+    let arrays = [
+        import_array(prompts, "prompts")?,
+        import_array(responses, "responses")?,
+        import_array(references, "references")?,
+    ];
+    let n = arrays[0].len();
+    if arrays.iter().any(|a| a.len() != n) {
+        return Err(PyValueError::new_err(format!(
+            "prompts, responses and references have {}, {} and {} rows; pass one of each per row",
+            arrays[0].len(),
+            arrays[1].len(),
+            arrays[2].len()
+        )));
+    }
+    let p = Strings::new(arrays[0].as_ref(), "prompts")?;
+    let o = Strings::new(arrays[1].as_ref(), "responses")?;
+    let y = Strings::new(arrays[2].as_ref(), "references")?;
+    let values = py.detach(|| -> Float64Array {
+        (0..n)
+            .map(|i| rules::arith_reward(p.get(i), o.get(i), y.get(i)))
+            .collect()
+    });
+    export(py, values)
+}
+
+/// An I/O error as Python's OSError, errno kept (a full disk must stay recognisable).
+fn os_error(e: &std::io::Error, path: &str) -> PyErr {
+    match e.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, e.to_string(), path.to_owned())),
+        None => PyOSError::new_err(format!("{path}: {e}")),
+    }
+}
+
+/// `left`'s columns then `right`'s as one Parquet file written to `path` (a new file),
+/// row group by row group, each column chunk copied as encoded; the footer carries
+/// `key_value_metadata` only and names `created_by` as the writer. Fsynced if `durable`.
+/// Returns the sha256 (hex) and size of the file.
+#[pyfunction]
+#[pyo3(signature = (left, right, key_value_metadata, path, created_by=None, durable=true))]
+fn splice_parquet(
+    py: Python<'_>,
+    left: &Bound<'_, PyBytes>,
+    right: &Bound<'_, PyBytes>,
+    key_value_metadata: Vec<(String, String)>,
+    path: String,
+    created_by: Option<String>,
+    durable: bool,
+) -> PyResult<(String, u64)> {
+    use std::io::Write;
+
+    let (l, r) = (left.as_bytes(), right.as_bytes());
+    py.detach(|| -> PyResult<(String, u64)> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| os_error(&e, &path))?;
+        let mut out = splice::Sha256Writer::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        splice::splice_into(l, r, key_value_metadata, created_by, &mut out).map_err(|e| {
+            if let parquet::errors::ParquetError::External(inner) = &e {
+                if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+                    return os_error(io, &path);
+                }
+            }
+            PyValueError::new_err(format!("splice_parquet: {e}"))
+        })?;
+        out.flush().map_err(|e| os_error(&e, &path))?;
+        let (buffered, sha256, size) = out.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| os_error(e.error(), &path))?;
+        if durable {
+            file.sync_all().map_err(|e| os_error(&e, &path))?;
+        }
+        Ok((sha256, size))
+    })
 }
 
 fn packed<'py>(
@@ -1008,8 +1127,8 @@ fn micro_batch_dict<'py>(
     Ok(d)
 }
 
-/// Rust core of grao-pipe: GRAO group advantages, token-budget packing and the learner's
-/// micro-batches over Arrow arrays.
+/// Rust core of grao-pipe: GRAO group advantages, token-budget packing, the learner's
+/// micro-batches over Arrow arrays, Parquet column splicing and the built-in reward rule.
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1020,5 +1139,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(group_advantages, m)?)?;
     m.add_function(wrap_pyfunction!(pack_bfd, m)?)?;
     m.add_function(wrap_pyfunction!(pack_groups_bfd, m)?)?;
+    m.add_function(wrap_pyfunction!(splice_parquet, m)?)?;
+    m.add_function(wrap_pyfunction!(arith_rewards, m)?)?;
     Ok(())
 }

@@ -69,9 +69,12 @@ def test_the_vectorised_arith_scorer_equals_the_row_rule():
     import random
 
     rng = random.Random(0)
-    prompts = [f"{rng.randint(0, 99)}+{rng.randint(0, 99)}=" for _ in range(400)] + ["oops", " 3 + 4 = ", "12+7"]
-    answers = [rng.choice([str(rng.randint(0, 200)), f" {rng.randint(0, 9)}x", "", "abc", "007", "3 4"]) for _ in prompts]
+    prompts = [f"{rng.randint(0, 99)}+{rng.randint(0, 99)}=" for _ in range(400)] + [
+        "oops", " 3 + 4 = ", "12+7", "3+4=\n", "\t3\u3000+ 4=", "3++4=", "-3+4=", "\u0663+4=", "3+4=x", ""]
+    answers = [rng.choice([str(rng.randint(0, 200)), f" {rng.randint(0, 9)}x", "", "abc", "007", "3 4", "\n\t7",
+                           "\u0667", "99999999999999999999"]) for _ in prompts]
     refs = [rng.choice([str(rng.randint(0, 200)), "", "x"]) for _ in prompts]
+    prompts, answers, refs = prompts + ["3+4=", "3+4="], answers + ["7", "8"], refs + ["6", "7"]  # +1 and -1
     want = []
     for p, o, y in zip(prompts, answers, refs, strict=True):
         try:

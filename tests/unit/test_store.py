@@ -90,8 +90,86 @@ def test_the_migration_chain_runs_every_step(tmp_path, monkeypatch):
 
 
 def test_missing_column_is_rejected_on_write(tmp_path):
-    with pytest.raises((KeyError, pa.ArrowInvalid)):
+    with pytest.raises(ValueError, match=r"x.parquet: columns \['reference'\] of the generate schema are missing"):
         write_shard(tmp_path / "x.parquet", _rows().drop(["reference"]), "generate")
+
+
+def _score_columns(n: int) -> pa.Table:
+    floats = pa.array([0.5 * i - 1 for i in range(n)], pa.float64())
+    lists = pa.array([[-0.5] * (i % 3) if i % 4 else None for i in range(n)], pa.list_(pa.float32()))
+    return pa.table({"reward": floats, "reward_valid": pa.array([i % 5 != 0 for i in range(n)]),
+                     "advantage": floats, "reference_advantage": floats, "degenerate": pa.array([False] * n),
+                     "keep": pa.array([True] * n), "ref_logprobs": lists, "ref_reference_logprobs": lists,
+                     "ref_reference_rejected_logprobs": pa.nulls(n, pa.list_(pa.float32())),
+                     "reward_arith": floats})
+
+
+@pytest.mark.parametrize("row_group_size", [None, 3])
+def test_a_shard_written_beside_its_base_is_the_shard_written_whole(tmp_path, row_group_size):
+    """Score shards copy their generate shard's column chunks (rust/src/splice.rs): the file
+    reads back exactly as the one written from the decoded columns (values, schema, metadata,
+    row groups), and its checksums hold."""
+    from grao_pipe.storage.shards import open_shard
+
+    rows = _rows(7)
+    base_path = tmp_path / "generate.parquet"
+    if row_group_size is None:
+        entry = write_shard(base_path, rows, "generate")
+    else:  # a base of several row groups: the new columns follow its row groups
+        pq.write_table(rows, base_path, row_group_size=row_group_size, compression="zstd", write_page_checksum=True)
+        entry = {"sha256": open_shard(base_path, "generate").sha256}
+    base = open_shard(base_path, "generate", entry["sha256"])
+    assert base.current
+    new, meta = _score_columns(7), {b"grao_pipe.stats": b'{"rows": 7}'}
+    spliced = write_shard(tmp_path / "spliced.parquet", new, "score", meta, base=base)
+    whole_table = rows
+    for name in new.column_names:
+        whole_table = whole_table.append_column(name, new[name])
+    whole = write_shard(tmp_path / "whole.parquet", whole_table, "score", meta)
+    assert spliced["rows"] == whole["rows"] == 7
+    a = read_shard(tmp_path / "spliced.parquet", "score", spliced["sha256"])
+    b = read_shard(tmp_path / "whole.parquet", "score", whole["sha256"])
+    assert a.equals(b, check_metadata=True)
+    assert a.schema.field("reward_arith").type == pa.float64()
+    meta_a = pq.ParquetFile(tmp_path / "spliced.parquet").metadata
+    assert meta_a.num_row_groups == pq.ParquetFile(base_path).metadata.num_row_groups
+    meta_b = pq.ParquetFile(tmp_path / "whole.parquet").metadata
+    assert meta_a.created_by == meta_b.created_by
+    assert meta_a.metadata == meta_b.metadata  # key-value metadata, the Arrow schema included
+    assert meta_a.schema.equals(meta_b.schema)
+    # Every page still carries its checksum: flip a byte of a copied page and reading fails.
+    data = bytearray((tmp_path / "spliced.parquet").read_bytes())
+    group = meta_a.row_group(0)
+    (col,) = [c for c in map(group.column, range(group.num_columns)) if c.path_in_schema == "response"]
+    data[col.data_page_offset + col.total_compressed_size - 2] ^= 0xFF
+    (tmp_path / "flipped.parquet").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not a readable Parquet shard"):
+        read_shard(tmp_path / "flipped.parquet", "score")
+
+
+def test_a_base_of_an_older_contract_is_migrated_not_copied(tmp_path):
+    from grao_pipe.storage.shards import open_shard
+
+    v1 = _rows(3).drop(["reference_rejected", "reference_rejected_token_ids"])
+    v1 = v1.add_column(6, "rejected", pa.array(["no", None, None]))
+    pq.write_table(v1.replace_schema_metadata({META_VERSION: b"1", b"grao_pipe.stage": b"generate"}),
+                   tmp_path / "old.parquet")
+    base = open_shard(tmp_path / "old.parquet", "generate")
+    assert not base.current
+    entry = write_shard(tmp_path / "s.parquet", _score_columns(3), "score", base=base)
+    table = read_shard(tmp_path / "s.parquet", "score", entry["sha256"])
+    assert "rejected" not in table.column_names
+    assert table["reference_rejected"].to_pylist() == ["no", None, None]
+    assert table["reward_arith"].to_pylist() == [-1.0, -0.5, 0.0]
+
+
+def test_a_base_of_other_rows_is_refused(tmp_path):
+    from grao_pipe.storage.shards import open_shard
+
+    write_shard(tmp_path / "g.parquet", _rows(4), "generate")
+    with pytest.raises(ValueError, match="4 rows, 3 written beside it"):
+        write_shard(tmp_path / "s.parquet", _score_columns(3), "score", base=open_shard(tmp_path / "g.parquet", "generate"))
+    assert not list(tmp_path.glob("s.parquet")) and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_manifest_written_last_and_read_back(tmp_path):

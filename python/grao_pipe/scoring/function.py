@@ -68,5 +68,7 @@ class FunctionScorerImpl:
         if len(values) != len(rows):
             raise InputError(f"score.scorers[{self.name}]: returned {len(values)} values for {len(rows)} rows")
         finite = pc.is_finite(values)
-        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
+        # Null arrays, not pa.scalar(None): converting a Python object makes pyarrow import
+        # pandas (0.4 s a process) when it is installed; the stage itself never needs it.
+        values = pc.if_else(finite, values, pa.nulls(len(values), pa.float64()))
         return ScoreResult(values, errors=values.null_count)

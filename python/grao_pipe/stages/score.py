@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -65,16 +66,33 @@ class _Rewards:
         return reward, result.errors, result.unparseable
 
 
+def _scalar(x: float, dtype: pa.DataType) -> pa.Scalar:
+    """An int64/float64 Arrow scalar built from its bytes: converting a Python object
+    (pa.scalar, pa.array, to_numpy) makes pyarrow import pandas, 0.4 s a process when it is
+    installed, which the stage never needs."""
+    fmt = "<q" if dtype == pa.int64() else "<d"
+    return pa.Array.from_buffers(dtype, 1, [None, pa.py_buffer(struct.pack(fmt, x))])[0]
+
+
 def _combine(parts: list[tuple[float, pa.Array]]) -> pa.Array:
     """R = Σ w_k R_k; null (invalid) where any scorer's value is null."""
-    total = pc.multiply(parts[0][1], parts[0][0])
-    for w, r in parts[1:]:
-        total = pc.add(total, pc.multiply(r, w))
+    total = None
+    for w, r in parts:
+        term = r if w == 1.0 else pc.multiply(r, _scalar(w, pa.float64()))
+        total = term if total is None else pc.add(total, term)
+    assert total is not None, "a score config has at least one scorer"
     return total
+
+
+# The generate columns scoring reads; the others are copied into the score shard as encoded.
+_SCORED = ["group_id", "prompt", "prompt_messages", "response", "reference"]
+_REFERENCE_TOKENS = ["prompt_token_ids", "response_token_ids", "reference_token_ids", "reference_rejected_token_ids"]
 
 
 def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256: str, rewards: list[_Rewards],
                  ref_model: ReferenceModel | None) -> tuple[pa.Table, dict[str, int]]:
+    """The score columns of one generate shard (``table`` holds at least ``_SCORED``, and
+    ``_REFERENCE_TOKENS`` with a reference model), with ``group_id`` first for the stats."""
     per_scorer, counts = [], {"scorer_errors": 0, "unparseable": 0}
     for r in rewards:
         values, errors, unparseable = r.get(name, table, source_sha256)
@@ -89,20 +107,14 @@ def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256:
     keep = adv.reward_valid
     if cfg.score.advantage.degenerate == "drop":
         keep = pc.and_(keep, pc.invert(adv.degenerate))
-    out = (
-        table.append_column("reward", reward)
-        .append_column("reward_valid", adv.reward_valid)
-        .append_column("advantage", adv.advantage)
-        .append_column("reference_advantage", adv.reference_advantage)
-        .append_column("degenerate", adv.degenerate)
-        .append_column("keep", keep)
-    )
     ref_lp, ref_ref_lp, ref_rej_lp = _reference_logprobs(table, ref_model)
-    out = (out.append_column("ref_logprobs", ref_lp).append_column("ref_reference_logprobs", ref_ref_lp)
-           .append_column("ref_reference_rejected_logprobs", ref_rej_lp))
+    columns = {"group_id": table["group_id"], "reward": reward, "reward_valid": adv.reward_valid,
+               "advantage": adv.advantage, "reference_advantage": adv.reference_advantage,
+               "degenerate": adv.degenerate, "keep": keep, "ref_logprobs": ref_lp,
+               "ref_reference_logprobs": ref_ref_lp, "ref_reference_rejected_logprobs": ref_rej_lp}
     for c, v in per_scorer:
-        out = out.append_column(f"reward_{c.name}", v)
-    return out, counts
+        columns[f"reward_{c.name}"] = v
+    return pa.table(columns), counts
 
 
 def _reference_logprobs(table: pa.Table, ref_model: ReferenceModel | None) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -138,7 +150,7 @@ def _stats(scored: pa.Table, counts: dict[str, int]) -> ScoreShardStats:
         rows=scored.num_rows,
         groups=groups,
         degenerate_groups=degenerate,
-        single_sample_groups=pc.sum(pc.equal(sizes, 1)).as_py() or 0,
+        single_sample_groups=pc.sum(pc.equal(sizes, _scalar(1, pa.int64()))).as_py() or 0,
         invalid_rewards=scored.num_rows - (pc.sum(scored["reward_valid"]).as_py() or 0),
         reward_sum=pc.sum(scored["reward"]).as_py() or 0.0,
         reward_count=pc.count(scored["reward"]).as_py(),
@@ -201,17 +213,22 @@ class Score(Stage):
                         "scorer_errors": int(meta.get(META_ERRORS, b"0")),
                         "unparseable": int(meta.get(META_UNPARSEABLE, b"0"))}).model_dump()})
                 return entry
-            table = gen_target.dir.read_shard(shard, "generate")
+            source = gen_target.dir.open_shard(shard, "generate")
+            table = source.read(_SCORED + (_REFERENCE_TOKENS if ref_model is not None else []))
             scored, counts = _score_table(cfg, table, shard.name, shard.sha256, rewards, ref_model)
             stats = _stats(scored, counts).model_dump()
-            entry = target.dir.write_shard(shard.name, scored, "score", meta={META_STATS: json.dumps(stats).encode()})
+            # The score shard is the generate shard's columns (copied as encoded) and the new ones.
+            entry = target.dir.write_shard(shard.name, scored.drop(["group_id"]), "score",
+                                           meta={META_STATS: json.dumps(stats).encode()}, base=source)
             return entry.model_copy(update={"stats": stats})
 
-        # Shards in parallel where the scorers are plain functions: Arrow, Polars, zstd and the
-        # Rust kernel release the GIL, so two shards at a time use two cores; memory stays
-        # bounded by two shards. Model-based scorers already use every core: one at a time.
+        # Shards in parallel where the scorers are plain functions: Arrow, zstd, the Rust
+        # kernels and fsync release the GIL; one thread more than cores, because part of each
+        # shard is spent waiting for its fsync. Memory stays bounded by that many shards.
+        # Model-based scorers already use every core: one shard at a time.
         plain = all(isinstance(s, FunctionScorer) for s in cfg.score.scorers) and ref_model is None
-        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1) if plain else 1) as pool:
+        threads = min((os.cpu_count() or 1) + 1, 8) if plain else 1
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             entries = list(pool.map(one, gen.shards))
         per_shard = [ScoreShardStats.model_validate(e.stats) for e in entries]
         totals = {k: sum(getattr(s, k) for s in per_shard) for k in ScoreShardStats.model_fields}

@@ -8,12 +8,14 @@ only; where they live (a workdir, its remote mirror) is ``grao_pipe.storage.work
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +79,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None,
-                durable: bool = True) -> dict[str, Any]:
-    """Validate ``table`` against the stage schema, write it atomically, return its manifest entry
-    (name, rows, sha256 of the bytes written). ``durable``: fsync before the rename (shards a
-    manifest will list); a cache that is re-derivable skips it."""
-    schema = SCHEMAS[stage]
-    if meta:
-        schema = schema.with_metadata({**(schema.metadata or {}), **meta})
-    extra = [f for f in table.schema if f.name not in schema.names]
-    table = table.select(schema.names + [f.name for f in extra]) if extra else table.select(schema.names)
-    full = pa.schema(list(schema) + extra, metadata=schema.metadata)
-    table = table.cast(full)
-    sink = pa.BufferOutputStream()
+_WRITE_OPTIONS: dict[str, Any] = {
     # Page checksums: a torn or bit-flipped page is an error on read, never wrong numbers.
     # No dictionary encoding: token-id and log-prob lists do not repeat, and trying it made
     # writing ~3x slower for files ~5% smaller (zstd already takes the repeated strings).
-    pq.write_table(table, sink, compression="zstd", write_page_checksum=True, use_dictionary=False)
+    "compression": "zstd", "write_page_checksum": True, "use_dictionary": False,
+}
+
+
+def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, bytes] | None = None,
+                durable: bool = True, base: ShardFile | None = None) -> dict[str, Any]:
+    """Validate ``table`` against the stage schema, write it atomically, return its manifest entry
+    (name, rows, sha256 of the bytes written). ``durable``: fsync before the rename (shards a
+    manifest will list); a cache that is re-derivable skips it. ``base``: a shard whose columns
+    come first, row for row (a score shard is its generate shard plus new columns); if it is in
+    the current contract its column chunks are copied as encoded, not decoded and re-encoded."""
+    schema = SCHEMAS[stage]
+    if meta:
+        schema = schema.with_metadata({**(schema.metadata or {}), **meta})
+    if base is not None and (not base.current or base.num_rows == 0):  # an older contract: migrate, write anew
+        table = _beside(base.read(), table)
+        base = None
+    given = ([] if base is None else base.parquet.schema_arrow.names) + table.column_names
+    extra = [f for f in table.schema if f.name not in schema.names]
+    if missing := [n for n in schema.names if n not in given]:
+        raise ValueError(f"{path.name}: columns {missing} of the {stage} schema are missing")
+    full = pa.schema(list(schema) + extra, metadata=schema.metadata)
+    if base is not None:
+        with _committing(path) as tmp:
+            sha = _splice(base, table, full, tmp, durable)
+        return {"name": path.name, "rows": base.num_rows, "sha256": sha}
+    table = table.select(full.names).cast(full)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **_WRITE_OPTIONS)
     data = sink.getvalue()
     with _committing(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
@@ -101,6 +119,118 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
             f.flush()
             os.fsync(f.fileno())
     return {"name": path.name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _beside(left: pa.Table, right: pa.Table) -> pa.Table:
+    if left.num_rows != right.num_rows:
+        raise ValueError(f"{left.num_rows} rows beside {right.num_rows}")
+    for name in right.column_names:
+        left = left.append_column(right.schema.field(name), right[name])
+    return left
+
+
+def _splice(base: ShardFile, table: pa.Table, full: pa.Schema, out: Path, durable: bool) -> str:
+    """Write to ``out`` the file ``write_shard`` would write for ``base``'s columns beside
+    ``table``'s, copying ``base``'s column chunks as encoded (rust/src/splice.rs): the new
+    columns are encoded as ``write_shard`` encodes them, in the same row groups, and the footer
+    carries the metadata (Arrow schema included) pyarrow writes for ``full``. Returns the
+    file's sha256, computed as it is written."""
+    from grao_pipe import _native
+
+    n_base = len(base.parquet.schema_arrow)
+    if _fields(pa.schema(list(full)[:n_base])) != _fields(base.parquet.schema_arrow):
+        raise ValueError(f"{base.path}: its columns are not the first columns of the shard written beside it")
+    new = pa.schema(list(full)[n_base:])
+    if table.num_rows != base.num_rows:
+        raise ValueError(f"{base.path}: {base.num_rows} rows, {table.num_rows} written beside it")
+    table = table.select(new.names).cast(new)
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, new, **_WRITE_OPTIONS) as w:
+        start = 0
+        for i in range(base.parquet.metadata.num_row_groups):  # the base's row groups, one by one
+            n = base.parquet.metadata.row_group(i).num_rows
+            w.write_table(table.slice(start, n), row_group_size=max(n, 1))
+            start += n
+    right = sink.getvalue().to_pybytes()
+    # The footer pyarrow writes for ``full``: its metadata, then the Arrow schema (IPC, base64),
+    # and the writer's name (the one that encoded every page).
+    kv = [(k.decode(), v.decode()) for k, v in (full.metadata or {}).items()]
+    kv.append(("ARROW:schema", base64.b64encode(full.serialize().to_pybytes()).decode()))
+    created_by = pq.read_metadata(pa.BufferReader(right)).created_by
+    sha, _ = _native.splice_parquet(base.data, right, kv, str(out), created_by, durable)
+    return sha
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A shard's bytes, read once and checked against the checksum its manifest lists; its
+    columns are decoded on demand (``read``), and a writer can copy them as encoded
+    (``write_shard(..., base=)``)."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    stage: str
+
+    @functools.cached_property
+    def parquet(self) -> pq.ParquetFile:
+        try:
+            # ParquetFile, not read_table: no dataset machinery (and its pandas import) per shard.
+            return pq.ParquetFile(pa.BufferReader(self.data), page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{self.path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
+
+    @functools.cached_property
+    def version(self) -> int:
+        meta = self.parquet.schema_arrow.metadata or {}
+        version = _schema_version(self.path, meta.get(META_VERSION))
+        if meta.get(META_STAGE) != self.stage.encode():
+            raise DataError(f"{self.path}: written by stage {meta.get(META_STAGE)!r}, expected {self.stage!r}")
+        return version
+
+    @property
+    def num_rows(self) -> int:
+        return self.parquet.metadata.num_rows
+
+    @property
+    def current(self) -> bool:
+        """Written in this release's data contract, columns in the contract's order: its column
+        chunks can be copied into a new shard as they are."""
+        return self.version == SCHEMA_VERSION and _fields(self.parquet.schema_arrow) == _fields(SCHEMAS[self.stage])
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The shard (or only ``columns``) in the current data contract; errors name the file."""
+        version = self.version
+        try:
+            if columns is not None and version == SCHEMA_VERSION:
+                table = self.parquet.read(columns=[c for c in columns if c in self.parquet.schema_arrow.names])
+            else:
+                table = self.parquet.read()
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{self.path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
+        table = _upgrade(table, version, self.stage)
+        expected = SCHEMAS[self.stage].names if columns is None else columns
+        missing = [n for n in expected if n not in table.column_names]
+        if missing:
+            raise DataError(f"{self.path}: missing columns {missing}")
+        return table if columns is None else table.select(columns)
+
+
+def _fields(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    return [(f.name, f.type) for f in schema]
+
+
+def open_shard(path: Path, stage: str, expected_sha256: str | None = None) -> ShardFile:
+    """Read one shard's bytes and check them against ``expected_sha256`` (one pass)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard missing (its manifest lists it); re-run the stage that "
+                        "made it with --force") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise DataError(f"{path}: checksum mismatch with its manifest; the shard is corrupt, re-run the stage with --force")
+    return ShardFile(path, data, sha, stage)
 
 
 def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa.Table:
@@ -111,27 +241,8 @@ def read_shard(path: Path, stage: str, expected_sha256: str | None = None) -> pa
 
 def read_shard_and_digest(path: Path, stage: str, expected_sha256: str | None = None) -> tuple[pa.Table, str]:
     """``read_shard`` and the sha256 of the bytes it read."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: shard missing (its manifest lists it); re-run the stage that "
-                        "made it with --force") from None
-    sha = hashlib.sha256(data).hexdigest()
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise DataError(f"{path}: checksum mismatch with its manifest; the shard is corrupt, re-run the stage with --force")
-    try:
-        # ParquetFile, not read_table: no dataset machinery (and its pandas import) per shard.
-        table = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True).read()
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet shard ({e}); re-run the stage with --force") from None
-    meta = table.schema.metadata or {}
-    table = _upgrade(table, _schema_version(path, meta.get(META_VERSION)), stage)
-    if meta.get(META_STAGE) != stage.encode():
-        raise DataError(f"{path}: written by stage {meta.get(META_STAGE)!r}, expected {stage!r}")
-    missing = [n for n in SCHEMAS[stage].names if n not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing}")
-    return table, sha
+    f = open_shard(path, stage, expected_sha256)
+    return f.read(), f.sha256
 
 
 def _schema_version(path: Path, raw: bytes | None) -> int:

@@ -149,13 +149,18 @@ class StageDir:
             self._mirror.ensure_local(path)
         return path
 
+    def open_shard(self, entry: ShardEntry, stage: str) -> shards.ShardFile:
+        """A shard listed in this directory's manifest, its bytes checked (checksum, row count);
+        decoded on demand (``ShardFile.read``)."""
+        f = shards.open_shard(self.member(entry.name), stage, entry.sha256)
+        if f.num_rows != entry.rows:
+            raise DataError(f"{self.workdir.display(self.path / entry.name)}: {f.num_rows} rows, its "
+                            f"manifest says {entry.rows}; re-run the stage with --force")
+        return f
+
     def read_shard(self, entry: ShardEntry, stage: str, columns: list[str] | None = None) -> pa.Table:
         """A shard listed in this directory's manifest, checked: checksum, schema, row count."""
-        table = shards.read_shard(self.member(entry.name), stage, entry.sha256)
-        if table.num_rows != entry.rows:
-            raise DataError(f"{self.workdir.display(self.path / entry.name)}: {table.num_rows} rows, its "
-                            f"manifest says {entry.rows}; re-run the stage with --force")
-        return table.select(columns) if columns else table
+        return self.open_shard(entry, stage).read(columns)
 
     def read_table(self, manifest: Manifest, columns: list[str] | None = None) -> pa.Table:
         tables = [self.read_shard(s, manifest.stage, columns) for s in manifest.shards]
@@ -210,10 +215,11 @@ class StageDir:
             self._mirror.pull_tree(self.path)
 
     def write_shard(self, name: str, table: pa.Table, stage: str, meta: dict[bytes, bytes] | None = None,
-                    durable: bool = True) -> ShardEntry:
-        """Commit one shard (atomically) and publish it, so another machine can resume."""
+                    durable: bool = True, base: shards.ShardFile | None = None) -> ShardEntry:
+        """Commit one shard (atomically) and publish it, so another machine can resume.
+        ``base``: a shard whose columns come first (``shards.write_shard``)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        entry = shards.write_shard(self.path / name, table, stage, meta, durable=durable)
+        entry = shards.write_shard(self.path / name, table, stage, meta, durable=durable, base=base)
         if self._mirror is not None:
             self._mirror.publish(self.path / name)
         return ShardEntry(name=entry["name"], rows=entry["rows"], sha256=entry["sha256"])

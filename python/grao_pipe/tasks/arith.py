@@ -2,8 +2,9 @@
 
 Prompts look like ``"3+4="`` and references like ``"7"``. The scorer is a comparative,
 reference-relative reward R(o, y) in {-1, 0, +1}: is the response better than, as good as, or
-worse than the reference at being the correct sum. ``score`` is vectorised (Polars expressions
-over a whole shard's columns); ``score_one`` is the same rule for one row, its reference.
+worse than the reference at being the correct sum. ``score_one`` is the rule for one row, its
+specification; ``score`` is the same rule over a whole shard's columns, in Rust
+(``rust/src/rules.rs``: one pass over the bytes, no regex engine, no Python per row).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import polars as pl
 import pyarrow as pa
 
 from grao_pipe.scoring.base import batched
 
-# ASCII digits, as the vectorised rule reads them; operands and sums must fit in int64.
+# ASCII digits, as the Rust rule reads them; operands and sums must fit in int64 there.
 _PROMPT = r"^\s*([0-9]+)\s*\+\s*([0-9]+)\s*=\s*$"
 _ANSWER = r"^\s*([0-9]+)"
 
@@ -45,22 +45,13 @@ def score_one(prompt: str, response: str, reference: str) -> float:
     return float(_correct(prompt, response)) - float(_correct(prompt, reference))
 
 
-def _correct_col(answer: str) -> pl.Expr:
-    value = pl.col(answer).str.extract(_ANSWER, 1).cast(pl.Int64, strict=False)
-    return (value == pl.col("_sum")).fill_null(False).cast(pl.Float64)
-
-
 @batched
 def score(prompts: pa.Array, responses: pa.Array, references: pa.Array) -> pa.Array:
-    """``score_one`` over whole columns (one regex pass over each column). A prompt not of the
-    form 'a+b=' gives null (an invalid row, counted), as ``score_one``'s ValueError does."""
-    df = pl.DataFrame({"prompt": prompts, "response": responses, "reference": references})
-    ops = pl.col("prompt").str.extract_groups(_PROMPT)
-    out = (df.with_columns(_a=ops.struct.field("1").cast(pl.Int64, strict=False),
-                           _b=ops.struct.field("2").cast(pl.Int64, strict=False))
-           .with_columns(_sum=pl.col("_a") + pl.col("_b"))
-           .select(pl.when(pl.col("_sum").is_not_null()).then(_correct_col("response") - _correct_col("reference")).alias("r")))
-    return out.to_series().to_arrow()
+    """``score_one`` over whole columns. A prompt not of the form 'a+b=' gives null (an invalid
+    row, counted), as ``score_one``'s ValueError does; operands and sums must fit in int64."""
+    from grao_pipe import _native
+
+    return pa.array(_native.arith_rewards(prompts, responses, references))
 
 
 def score_rows(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[float | None]:
