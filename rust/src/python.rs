@@ -479,7 +479,7 @@ fn os_error(e: &std::io::Error, path: &str) -> PyErr {
     }
 }
 
-/// `left`'s columns then `right`'s as one Parquet file written to `path` (a new file),
+/// `left`'s columns then `right`'s as one Parquet file written to `path` (replaced),
 /// row group by row group, each column chunk copied as encoded; the footer carries
 /// `key_value_metadata` only and names `created_by` as the writer. Fsynced if `durable`.
 /// Returns the sha256 (hex) and size of the file.
@@ -498,9 +498,11 @@ fn splice_parquet(
 
     let (l, r) = (left.as_bytes(), right.as_bytes());
     py.detach(|| -> PyResult<(String, u64)> {
+        // A temporary name: truncate what a dead writer of the same name may have left.
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&path)
             .map_err(|e| os_error(&e, &path))?;
         let mut out = splice::Sha256Writer::new(std::io::BufWriter::with_capacity(1 << 20, file));

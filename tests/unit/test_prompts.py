@@ -74,7 +74,7 @@ def test_the_vectorised_arith_scorer_equals_the_row_rule():
     answers = [rng.choice([str(rng.randint(0, 200)), f" {rng.randint(0, 9)}x", "", "abc", "007", "3 4", "\n\t7",
                            "\u0667", "99999999999999999999"]) for _ in prompts]
     refs = [rng.choice([str(rng.randint(0, 200)), "", "x"]) for _ in prompts]
-    prompts, answers, refs = prompts + ["3+4=", "3+4="], answers + ["7", "8"], refs + ["6", "7"]  # +1 and -1
+    prompts, answers, refs = [*prompts, "3+4=", "3+4="], [*answers, "7", "8"], [*refs, "6", "7"]  # +1 and -1
     want = []
     for p, o, y in zip(prompts, answers, refs, strict=True):
         try:
