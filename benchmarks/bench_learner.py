@@ -73,34 +73,13 @@ def cases(attns: list[str], chunk: int) -> list[Case]:
 
 
 def row_width(batch, cap: int) -> int:
-    """The learner's row width (the Rust kernel's ``fit_rows``, re-stated over ``pack_bfd``): of
-    BFD at the cap cut to its fullest row, the narrowest width keeping that row count, and BFD at
-    the longest sequence, the fewest padded tokens (rows x width)."""
+    """The learner's packed-row width for this micro-batch (the Rust kernel's ``fit_rows``)."""
     import pyarrow as pa
 
     from grao_pipe import _native
 
     lengths = batch.attention_mask_NT.sum(-1).numpy().astype("int64")
-
-    def fitted(width: int) -> tuple[int, int]:  # (rows, width cut to the fullest row)
-        bins_arr, n = _native.pack_bfd(pa.array(lengths), width)
-        loads = np.bincount(pa.array(bins_arr).to_numpy(zero_copy_only=False), weights=lengths, minlength=n)
-        return n, int(loads.max())
-
-    longest = int(lengths.max())
-    options = [fitted(max(cap, longest))]
-    target = options[0][0]
-    lo, hi = max(longest, -(-int(lengths.sum()) // target)), options[0][1]
-    while lo < hi:  # the narrowest width that keeps the row count
-        mid = (lo + hi) // 2
-        n, w = fitted(mid)
-        if n <= target:
-            options.append((n, w))
-            hi = min(w, mid)
-        else:
-            lo = mid + 1
-    options.append(fitted(longest))
-    return min(options, key=lambda o: (o[0] * o[1], o[1]))[1]
+    return _native.fit_rows(pa.array(lengths), cap)[2]
 
 
 def run(model, groups, case: Case, device, budget, micro_tokens, steps, warmup, per_step, pad_id=0):

@@ -19,7 +19,7 @@ use arrow_data::ArrayData;
 use arrow_schema::DataType;
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyList, PyTuple};
 
 use crate::advantages::{self, Mode, Params};
 use crate::bitmap::Bitmap;
@@ -471,6 +471,30 @@ fn arith_rewards<'py>(
     export(py, values)
 }
 
+/// The bytes of a `pyarrow.Buffer`, borrowed for as long as the object.
+///
+/// Buffers, not `bytes`: Arrow's threads may release the last reference to a buffer, and
+/// releasing Python-owned memory needs the GIL (at interpreter exit that aborts the process).
+/// The abi3 floor (Python 3.10) has no buffer protocol, hence the address.
+fn arrow_buffer<'a>(obj: &'a Bound<'_, PyAny>, arg: &str) -> PyResult<&'a [u8]> {
+    let buffer_type = obj.py().import("pyarrow")?.getattr("Buffer")?;
+    if !obj.is_instance(&buffer_type)? {
+        let type_name = obj.get_type().name()?;
+        return Err(PyTypeError::new_err(format!(
+            "{arg} must be a pyarrow.Buffer, got {type_name}; wrap bytes with pyarrow.py_buffer"
+        )));
+    }
+    let address: usize = obj.getattr("address")?.extract()?;
+    let size: usize = obj.getattr("size")?.extract()?;
+    if size == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a pyarrow.Buffer owns (or keeps alive) `size` readable bytes at `address` for as
+    // long as the object lives, and `obj` outlives the returned slice. Nothing in this process
+    // writes to a shard's buffer while it is spliced.
+    Ok(unsafe { std::slice::from_raw_parts(address as *const u8, size) })
+}
+
 /// An I/O error as Python's OSError, errno kept (a full disk must stay recognisable).
 fn os_error(e: &std::io::Error, path: &str) -> PyErr {
     match e.raw_os_error() {
@@ -487,8 +511,8 @@ fn os_error(e: &std::io::Error, path: &str) -> PyErr {
 #[pyo3(signature = (left, right, key_value_metadata, path, created_by=None, durable=true))]
 fn splice_parquet(
     py: Python<'_>,
-    left: &Bound<'_, PyBytes>,
-    right: &Bound<'_, PyBytes>,
+    left: &Bound<'_, PyAny>,
+    right: &Bound<'_, PyAny>,
     key_value_metadata: Vec<(String, String)>,
     path: String,
     created_by: Option<String>,
@@ -496,7 +520,7 @@ fn splice_parquet(
 ) -> PyResult<(String, u64)> {
     use std::io::Write;
 
-    let (l, r) = (left.as_bytes(), right.as_bytes());
+    let (l, r) = (arrow_buffer(left, "left")?, arrow_buffer(right, "right")?);
     py.detach(|| -> PyResult<(String, u64)> {
         // A temporary name: truncate what a dead writer of the same name may have left.
         let file = std::fs::OpenOptions::new()
@@ -558,6 +582,33 @@ fn pack_bfd<'py>(
         py,
         result.map_err(|e| PyValueError::new_err(e.to_string()))?,
     )
+}
+
+/// The learner's packed rows for one micro-batch (`microbatch::fit_rows`): rows at most `cap`
+/// tokens wide (the longest sequence, if longer), the layout with the fewest padded tokens.
+///
+/// Returns (bin_of_item, n_rows, width) with bin_of_item as pack_bfd returns it.
+#[pyfunction]
+fn fit_rows<'py>(
+    py: Python<'py>,
+    lengths: &Bound<'py, PyAny>,
+    cap: i64,
+) -> PyResult<(Bound<'py, ExportedArray>, usize, u64)> {
+    let lengths = import_array(lengths, "lengths")?;
+    let owned: Vec<i64> = match Lengths::new(lengths.as_ref())? {
+        Lengths::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        Lengths::I64(v) => v.to_vec(),
+    };
+    let cap = u64::try_from(cap)
+        .ok()
+        .filter(|&c| c > 0)
+        .ok_or_else(|| PyValueError::new_err(format!("cap must be positive, got {cap}")))?;
+    let rows = py
+        .detach(|| microbatch::fit_rows(&owned, cap))
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let width = rows.width;
+    let (bins, n) = packed(py, rows.packing)?;
+    Ok((bins, n, width))
 }
 
 /// Group-aware best-fit decreasing: the items of each contiguous group_id run go to the same
@@ -1141,6 +1192,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(group_advantages, m)?)?;
     m.add_function(wrap_pyfunction!(pack_bfd, m)?)?;
     m.add_function(wrap_pyfunction!(pack_groups_bfd, m)?)?;
+    m.add_function(wrap_pyfunction!(fit_rows, m)?)?;
     m.add_function(wrap_pyfunction!(splice_parquet, m)?)?;
     m.add_function(wrap_pyfunction!(arith_rewards, m)?)?;
     Ok(())

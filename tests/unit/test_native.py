@@ -291,6 +291,33 @@ def test_pack_bfd_invariants(lengths, budget, int32):
     assert pa.array(again).to_pylist() == bins.to_pylist()
 
 
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 120), min_size=1, max_size=60), cap=st.integers(1, 300))
+def test_fit_rows_is_a_packing_never_worse_than_right_padding(lengths, cap):
+    """The learner's row layout: a valid packing at its width (at most the cap, or the longest
+    sequence), no more padded tokens than one row per sequence at the longest, nor than
+    best-fit decreasing at the cap."""
+    bins, n_rows, width = _native.fit_rows(pa.array(lengths, pa.int64()), cap)
+    check_packing(lengths, pa.array(bins).to_pylist(), n_rows, width)
+    assert max(lengths) <= width <= max(cap, max(lengths))
+    assert n_rows * width <= len(lengths) * max(lengths)
+    at_cap = max(cap, max(lengths))
+    assert n_rows * width <= _native.pack_bfd(pa.array(lengths, pa.int64()), at_cap)[1] * at_cap
+
+
+def test_fit_rows_by_hand_and_errors():
+    # Five sequences of 60 at a cap of 100: one per row, 60 wide (not 100 wide, 40% padding).
+    _, n_rows, width = _native.fit_rows(pa.array([60] * 5, pa.int32()), 100)
+    assert (n_rows, width) == (5, 60)
+    # 3 + 6 + 2 + 5 + 4 + 1 = 21 tokens: BFD at 10 needs 3 rows; 7 wide keeps 3 rows, 21 tokens.
+    _, n_rows, width = _native.fit_rows(pa.array([3, 6, 2, 5, 4, 1]), 10)
+    assert (n_rows, width) == (3, 7)
+    with pytest.raises(ValueError, match="cap must be positive"):
+        _native.fit_rows(pa.array([1]), 0)
+    with pytest.raises(ValueError, match=r"lengths\[1\] is null"):
+        _native.fit_rows(pa.array([1, None]), 10)
+
+
 def test_pack_bfd_by_hand():
     bins, n_bins = _native.pack_bfd(pa.array([3, 6, 2, 5, 4, 1]), 10)
     assert (pa.array(bins).to_pylist(), n_bins) == ([1, 0, 1, 1, 0, 2], 3)

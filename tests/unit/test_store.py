@@ -30,6 +30,20 @@ def test_shard_roundtrip_carries_schema_version(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_shard_is_read_into_arrow_memory(tmp_path):
+    """Not into Python bytes: Arrow's reader threads may release the last reference to the
+    buffer, and releasing Python-owned memory needs the GIL; at interpreter exit that aborted
+    `datasets verify` about once in a hundred runs ("terminate called without an active
+    exception", exit 134)."""
+    from grao_pipe.storage.shards import open_shard
+
+    path = tmp_path / shard_name(0, 1)
+    entry = write_shard(path, _rows(), "generate")
+    f = open_shard(path, "generate", entry["sha256"])
+    assert isinstance(f.data, pa.Buffer) and f.data.size == path.stat().st_size
+    assert f.read()["sample_idx"].to_pylist() == [0, 1]
+
+
 def test_checksum_mismatch_and_truncation_are_detected(tmp_path):
     path = tmp_path / shard_name(0, 1)
     entry = write_shard(path, _rows(), "generate")

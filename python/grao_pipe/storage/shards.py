@@ -151,7 +151,7 @@ def _splice(base: ShardFile, table: pa.Table, full: pa.Schema, out: Path, durabl
             n = base.parquet.metadata.row_group(i).num_rows
             w.write_table(table.slice(start, n), row_group_size=max(n, 1))
             start += n
-    right = sink.getvalue().to_pybytes()
+    right = sink.getvalue()
     # The footer pyarrow writes for ``full``: its metadata, then the Arrow schema (IPC, base64),
     # and the writer's name (the one that encoded every page).
     kv = [(k.decode(), v.decode()) for k, v in (full.metadata or {}).items()]
@@ -168,7 +168,7 @@ class ShardFile:
     (``write_shard(..., base=)``)."""
 
     path: Path
-    data: bytes
+    data: pa.Buffer
     sha256: str
     stage: str
 
@@ -223,7 +223,11 @@ def _fields(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
 def open_shard(path: Path, stage: str, expected_sha256: str | None = None) -> ShardFile:
     """Read one shard's bytes and check them against ``expected_sha256`` (one pass)."""
     try:
-        data = path.read_bytes()
+        # Into Arrow-owned memory, not Python bytes: Arrow's reader threads may drop the last
+        # reference to the buffer, and releasing Python-owned memory needs the GIL, which at
+        # interpreter exit aborts the process ("terminate called without an active exception").
+        with pa.OSFile(str(path)) as f:
+            data = f.read_buffer()
     except FileNotFoundError:
         raise DataError(f"{path}: shard missing (its manifest lists it); re-run the stage that "
                         "made it with --force") from None
