@@ -97,8 +97,8 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     schema = SCHEMAS[stage]
     if meta:
         schema = schema.with_metadata({**(schema.metadata or {}), **meta})
-    if base is not None and (not base.current or base.num_rows == 0):  # an older contract: migrate, write anew
-        table = _beside(base.read(), table)
+    if base is not None and (not base.current or base.num_rows == 0):
+        table = _beside(path, base.read(), table)  # an older contract (or no rows): write it whole
         base = None
     given = ([] if base is None else base.parquet.schema_arrow.names) + table.column_names
     extra = [f for f in table.schema if f.name not in schema.names]
@@ -121,9 +121,9 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     return {"name": path.name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _beside(left: pa.Table, right: pa.Table) -> pa.Table:
+def _beside(path: Path, left: pa.Table, right: pa.Table) -> pa.Table:
     if left.num_rows != right.num_rows:
-        raise ValueError(f"{left.num_rows} rows beside {right.num_rows}")
+        raise ValueError(f"{path.name}: {right.num_rows} rows written beside a base of {left.num_rows}")
     for name in right.column_names:
         left = left.append_column(right.schema.field(name), right[name])
     return left
