@@ -38,7 +38,7 @@ def splice_parquet(
     path: str,
     created_by: str | None = None,
     durable: bool = True,
-) -> tuple[str, int]: ...
+) -> str: ...
 
 class NdArray:
     """A C-contiguous int64/float32 array allocated by the extension; ``numpy.asarray(x)``

@@ -506,7 +506,7 @@ fn os_error(e: &std::io::Error, path: &str) -> PyErr {
 /// `left`'s columns then `right`'s as one Parquet file written to `path` (replaced),
 /// row group by row group, each column chunk copied as encoded; the footer carries
 /// `key_value_metadata` only and names `created_by` as the writer. Fsynced if `durable`.
-/// Returns the sha256 (hex) and size of the file.
+/// Returns the sha256 (hex) of the file.
 #[pyfunction]
 #[pyo3(signature = (left, right, key_value_metadata, path, created_by=None, durable=true))]
 fn splice_parquet(
@@ -517,11 +517,11 @@ fn splice_parquet(
     path: String,
     created_by: Option<String>,
     durable: bool,
-) -> PyResult<(String, u64)> {
+) -> PyResult<String> {
     use std::io::Write;
 
     let (l, r) = (arrow_buffer(left, "left")?, arrow_buffer(right, "right")?);
-    py.detach(|| -> PyResult<(String, u64)> {
+    py.detach(|| -> PyResult<String> {
         // A temporary name: truncate what a dead writer of the same name may have left.
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -530,7 +530,7 @@ fn splice_parquet(
             .open(&path)
             .map_err(|e| os_error(&e, &path))?;
         let mut out = splice::Sha256Writer::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        splice::splice_into(l, r, key_value_metadata, created_by, &mut out).map_err(|e| {
+        splice::splice(l, r, key_value_metadata, created_by, &mut out).map_err(|e| {
             if let parquet::errors::ParquetError::External(inner) = &e {
                 if let Some(io) = inner.downcast_ref::<std::io::Error>() {
                     return os_error(io, &path);
@@ -539,14 +539,14 @@ fn splice_parquet(
             PyValueError::new_err(format!("splice_parquet: {e}"))
         })?;
         out.flush().map_err(|e| os_error(&e, &path))?;
-        let (buffered, sha256, size) = out.finish();
+        let (buffered, sha256, _) = out.finish();
         let file = buffered
             .into_inner()
             .map_err(|e| os_error(e.error(), &path))?;
         if durable {
             file.sync_all().map_err(|e| os_error(&e, &path))?;
         }
-        Ok((sha256, size))
+        Ok(sha256)
     })
 }
 

@@ -64,23 +64,12 @@ fn footer(file: &Slice<'_>, which: &str) -> Result<ParquetMetaData> {
         .map_err(|e| ParquetError::General(format!("{which} file: {e}")))
 }
 
-/// The columns of `left` then those of `right` as one Parquet file, whose footer carries
-/// `key_value` (and nothing of either input's key-value metadata) and names `created_by` as
-/// its writer (the one that encoded the chunks; parquet-rs if `None`). Both files must have
-/// the same row groups (count and rows per group); every column chunk is copied byte for byte.
-pub fn splice(
-    left: &[u8],
-    right: &[u8],
-    key_value: Vec<(String, String)>,
-    created_by: Option<String>,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(left.len() + right.len());
-    splice_into(left, right, key_value, created_by, &mut out)?;
-    Ok(out)
-}
-
-/// [`splice`], written to `out`.
-pub fn splice_into<W: Write + Send>(
+/// The columns of `left` then those of `right` as one Parquet file written to `out`, whose
+/// footer carries `key_value` (and nothing of either input's key-value metadata) and names
+/// `created_by` as its writer (the one that encoded the chunks; parquet-rs if `None`). Both
+/// files must have the same row groups (count and rows per group); every column chunk is
+/// copied byte for byte.
+pub fn splice<W: Write + Send>(
     left: &[u8],
     right: &[u8],
     key_value: Vec<(String, String)>,
@@ -202,6 +191,17 @@ mod tests {
     use parquet::record::Field;
     use parquet::schema::parser::parse_message_type;
 
+    fn splice_vec(
+        left: &[u8],
+        right: &[u8],
+        key_value: Vec<(String, String)>,
+        created_by: Option<String>,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        splice(left, right, key_value, created_by, &mut out)?;
+        Ok(out)
+    }
+
     /// A file of one required INT64 column `name`, one row group per slice of `groups`.
     fn file(name: &str, groups: &[&[i64]]) -> Vec<u8> {
         let schema = parse_message_type(&format!("message schema {{ REQUIRED INT64 {name}; }}"))
@@ -247,7 +247,8 @@ mod tests {
     fn columns_of_both_files_row_by_row() {
         let a = file("a", &[&[1, 2, 3], &[4, 5]]);
         let b = file("b", &[&[10, 20, 30], &[40, 50]]);
-        let out = splice(&a, &b, vec![("k".into(), "v".into())], Some("w".into())).expect("splice");
+        let out =
+            splice_vec(&a, &b, vec![("k".into(), "v".into())], Some("w".into())).expect("splice");
         let reader = SerializedFileReader::new(Bytes::from(out.clone())).expect("reader");
         let meta = reader.metadata();
         assert_eq!(meta.num_row_groups(), 2);
@@ -289,11 +290,11 @@ mod tests {
     #[test]
     fn row_groups_must_match() {
         let a = file("a", &[&[1, 2, 3], &[4, 5]]);
-        let err = splice(&a, &file("b", &[&[1, 2], &[3, 4, 5]]), vec![], None).unwrap_err();
+        let err = splice_vec(&a, &file("b", &[&[1, 2], &[3, 4, 5]]), vec![], None).unwrap_err();
         assert!(err.to_string().contains("row group 0 has 3 rows"), "{err}");
-        let err = splice(&a, &file("b", &[&[1, 2, 3, 4, 5]]), vec![], None).unwrap_err();
+        let err = splice_vec(&a, &file("b", &[&[1, 2, 3, 4, 5]]), vec![], None).unwrap_err();
         assert!(err.to_string().contains("2 and 1 row groups"), "{err}");
-        let err = splice(&a, &file("a", &[&[1, 2, 3], &[4, 5]]), vec![], None).unwrap_err();
+        let err = splice_vec(&a, &file("a", &[&[1, 2, 3], &[4, 5]]), vec![], None).unwrap_err();
         assert!(err.to_string().contains("in both files"), "{err}");
     }
 
@@ -301,9 +302,9 @@ mod tests {
     fn a_truncated_or_foreign_file_is_an_error() {
         let a = file("a", &[&[1, 2, 3]]);
         let b = file("b", &[&[1, 2, 3]]);
-        let err = splice(&a[..a.len() - 9], &b, vec![], None).unwrap_err();
+        let err = splice_vec(&a[..a.len() - 9], &b, vec![], None).unwrap_err();
         assert!(err.to_string().contains("left file"), "{err}");
-        let err = splice(&a, b"not a parquet file", vec![], None).unwrap_err();
+        let err = splice_vec(&a, b"not a parquet file", vec![], None).unwrap_err();
         assert!(err.to_string().contains("right file"), "{err}");
     }
 }

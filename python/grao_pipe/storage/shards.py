@@ -157,8 +157,7 @@ def _splice(base: ShardFile, table: pa.Table, full: pa.Schema, out: Path, durabl
     kv = [(k.decode(), v.decode()) for k, v in (full.metadata or {}).items()]
     kv.append(("ARROW:schema", base64.b64encode(full.serialize().to_pybytes()).decode()))
     created_by = pq.read_metadata(pa.BufferReader(right)).created_by
-    sha, _ = _native.splice_parquet(base.data, right, kv, str(out), created_by, durable)
-    return sha
+    return _native.splice_parquet(base.data, right, kv, str(out), created_by, durable)
 
 
 @dataclass(frozen=True)
