@@ -26,8 +26,8 @@ import torch
 
 from grao_pipe.config import TrainConfig
 from grao_pipe.learner.data import Group, collate, micro_batches, pack
-from grao_pipe.learner.objectives import step_loss
 from grao_pipe.learner.recipe import PEAK_FLOPS
+from grao_pipe.learner.step import step_loss
 
 SHAPES = {
     "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,

@@ -67,16 +67,16 @@ LRS = (5e-5, 1.5e-4, 4.5e-4)
 METHODS = [
     Method("sft", "SFT", ("train.objective=sft",), LRS),
     Method("dpo", "DPO (dataset pairs)", ("train.objective=dpo",), (1.5e-5, 5e-5, 1.5e-4)),
-    Method("grpo", "GRPO + KL (β_KL 0.04)", ("train.objective=grpo", "train.grpo_kl=0.04"), LRS),
+    Method("grpo", "GRPO + KL (β_KL 0.04)", ("train.objective=grpo", "train.grpo.kl=0.04"), LRS),
     # PPO was best at the low end of LRS (measured: 5e-5 of 5e-5..4.5e-4): its grid is one step lower.
     Method("ppo", "PPO (GAE, KL 0.02)", ("train.objective=ppo",), (1.5e-5, 5e-5, 1.5e-4)),
     Method("grao", "GRAO", (), LRS),
-    Method("grao_no_exploration", "GRAO w/o exploration", ("train.exploration=false",), ()),
-    Method("grao_beta0", "GRAO w/o imitation (β = 0)", ("train.beta=0",), ()),
+    Method("grao_no_exploration", "GRAO w/o exploration", ("train.grao.exploration=false",), ()),
+    Method("grao_beta0", "GRAO w/o imitation (β = 0)", ("train.grao.beta=0",), ()),
     Method("grao_lam0", "GRAO λ = 0 (re-weighted: exploration ×1/1.6, imitation β + λ/G → β)",
-           ("train.lam=0",), ()),
+           ("train.grao.lam=0",), ()),
     Method("grao_samples_only", "GRAO, Â over samples only", ("score.advantage.mode=samples_only",), ()),
-    Method("grao_floor0", "GRAO, Â_y floored at 0", ("train.reference_advantage_floor=0",), ()),
+    Method("grao_floor0", "GRAO, Â_y floored at 0", ("train.grao.reference_advantage_floor=0",), ()),
 ]
 BY_KEY = {m.key: m for m in METHODS}
 OUTCOMES = ("ras_strict", "ras_win_tie", "nag_net")
@@ -132,9 +132,9 @@ def make_config(budget: Budget, model: Path, work: Path, method: Method, lr: flo
 
 def run_one(budget: Budget, model: Path, work: Path, key: str, lr: float, seed: int, split: str, nproc: int) -> Run:
     """Train one (method, lr, seed) for every round (cached stages are skipped), then evaluate."""
+    from grao_pipe.learner.records import read_metrics
     from grao_pipe.manifests import ScoreManifest
     from grao_pipe.pipeline import Pipeline
-    from grao_pipe.stages.train import read_metrics
 
     cfg = make_config(budget, model, work, BY_KEY[key], lr, seed, split, nproc)
     p = Pipeline(cfg, wait_for_locks=True)  # parallel jobs share round-1 rollouts
@@ -142,8 +142,8 @@ def run_one(budget: Budget, model: Path, work: Path, key: str, lr: float, seed: 
     outcomes = p.run()
     out = Run(key, lr, seed, split, train_seconds=time.perf_counter() - t0)
     out.round_rewards = [o.manifest.stats.mean_reward for o in outcomes if isinstance(o.manifest, ScoreManifest)]
-    out.terms = [{k: v for k, v in m.items() if k.startswith("loss")} for o in outcomes if o.target.stage == "train"
-                 for m in read_metrics(o.target.dir.path)]
+    out.terms = [m.terms for o in outcomes if o.target.stage == "train"
+                 for m in read_metrics(o.target.dir.path / "metrics.jsonl")]
     ev = p.run_stage("eval", budget.rounds)
     rows = [json.loads(line) for line in (ev.target.dir.path / "answers.jsonl").read_text().splitlines()]
     out.prompts = [r["prompt"] for r in rows]

@@ -1,4 +1,4 @@
-"""Group-relative advantages (design §2): the Rust kernel, and a Polars reference.
+"""Group-relative advantages (docs/objectives.md): the Rust kernel, and a Polars reference.
 
 Groups are contiguous runs of ``group_id``. The reference answer's reward is R(y, y) = 0 by
 construction; in ``reference_in_group`` mode it is the (G+1)-th member of the group.

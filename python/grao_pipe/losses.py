@@ -11,7 +11,7 @@ import torch
 
 
 def sequence_mean_logps(token_logps_NT: torch.Tensor, mask_NT: torch.Tensor) -> torch.Tensor:
-    """J(s) = (1/|s|) Σ_t log π(s_t | q, s_<t): length-normalised log-likelihood (design §2)."""
+    """J(s) = (1/|s|) Σ_t log π(s_t | q, s_<t): length-normalised log-likelihood (docs/objectives.md)."""
     mask = mask_NT.to(token_logps_NT.dtype)
     return (token_logps_NT * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
@@ -28,7 +28,7 @@ def grao_loss(
     alpha: float = 1.0,
     ref_adv_floor: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRAO, design §2 (arXiv 2508.07750, Eq. for J_GRAO), maximised per group:
+    """GRAO (docs/objectives.md; arXiv 2508.07750, Eq. for J_GRAO), maximised per group:
 
         J = (1/G) Σ_i [ Â_i·J_exp(o_i) + β·Â_y·J_im(y) + λ·Â_i·(J_exp(o_i) − J_im(y)) ]
 
@@ -127,11 +127,8 @@ def grpo_loss(
     if ref_NT is not None and kl_coef > 0:
         d_NT = ref_NT - token_logps_NT
         kl_N = kl_coef * per_seq(torch.exp(d_NT) - d_NT - 1)
-    # Mean over each group's samples.
-    ones = torch.ones_like(policy_N)
-    count_B = torch.zeros(n_groups, device=policy_N.device).index_add(0, group_of_N, ones)
-    policy_B = torch.zeros(n_groups, device=policy_N.device).index_add(0, group_of_N, policy_N) / count_B.clamp(min=1)
-    kl_B = torch.zeros(n_groups, device=policy_N.device).index_add(0, group_of_N, kl_N) / count_B.clamp(min=1)
+    # Mean over each group's samples (in the inputs' dtype: float64 inputs stay float64).
+    policy_B, kl_B = _group_mean(policy_N, group_of_N, n_groups), _group_mean(kl_N, group_of_N, n_groups)
     return policy_B + kl_B, {"policy": policy_B, "kl": kl_B}
 
 

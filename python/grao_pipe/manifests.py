@@ -11,7 +11,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from grao_pipe import __version__
 from grao_pipe.errors import DataError
@@ -95,7 +103,7 @@ class Estimate(_Model):
 
 
 class EvalStats(_Model):
-    """``grao-pipe eval``'s result (design §5): RAS and NAG with N and 95% intervals."""
+    """``grao-pipe eval``'s result (docs/objectives.md, Evaluation): RAS and NAG with N and 95% intervals."""
 
     n_prompts: int
     scorer: str
@@ -108,13 +116,40 @@ class EvalStats(_Model):
     seconds: float = 0.0
 
 
+class PromptsInput(BaseModel):
+    """The prompt set a stage read: its file's sha256 and the data settings that select rows."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    sha256: str
+
+
+class Inputs(BaseModel):
+    """What a stage read, as its cache key hashed it (every field is kept, typed or not), and
+    the round it belongs to. Typed where readers use them."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    round: int | None = None
+    model: str | None = None  # digest of the policy it sampled with, started from, or evaluated
+    prompts: PromptsInput | None = None  # generate, eval
+    generate: str | None = None  # generate's fingerprint (score)
+    score: str | None = None  # score's fingerprint (train)
+
+
 class _Manifest(_Model):
     schema_version: int = SCHEMA_VERSION
     key: str
     code_version: str = __version__
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # The stage's config section exactly as its key hashed it (its shape is the section's,
+    # typed where it is loaded: ``grao_pipe.config``).
     config: dict[str, Any]
-    inputs: dict[str, Any]
+    inputs: Inputs
+
+    @field_serializer("inputs")
+    def _inputs_as_read(self, inputs: Inputs) -> dict[str, Any]:
+        return inputs.model_dump(mode="json", exclude_unset=True)  # no typed field a stage never set
     rows: int = 0
     shards: list[ShardEntry]
 

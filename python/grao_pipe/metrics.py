@@ -1,4 +1,4 @@
-"""The paper's evaluation metrics (design §5), with N and 95% confidence intervals.
+"""The paper's evaluation metrics (docs/objectives.md, Evaluation), with N and 95% confidence intervals.
 
 R values are reference-relative comparative rewards (R > 0: better than the reference).
 Rows whose R is None (unparseable judge answer, scorer error) are excluded and counted.

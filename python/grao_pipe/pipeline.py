@@ -2,13 +2,14 @@
 round, and the target (key + directory) of every stage and round, each computed once.
 
 ``Pipeline(cfg)`` is built right after the config is loaded; stages receive it and never touch
-paths or the object store themselves. ``run`` runs every stage of every round (skipping what
-is cached); ``status`` tells, without writing anything or importing torch, what is done.
+paths or the object store themselves. The pipeline resolves each stage's declared upstream
+(``Stage.upstream``, the stage graph): stages never ask for another stage by name. ``run`` runs
+every stage of every round in graph order (skipping what is cached); ``status`` tells, without
+writing anything or importing torch, what is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,22 +17,13 @@ from pathlib import Path
 from grao_pipe import scoring
 from grao_pipe.config import PipelineConfig, ScorerConfig
 from grao_pipe.errors import DataError, StageNotReady
+from grao_pipe.models import Policy
 from grao_pipe.prompts import PromptSet, load_prompt_set
-from grao_pipe.stages import STAGES, run_stages
-from grao_pipe.stages.base import WHOLE, OnOutcome, Outcome, Part, Target
+from grao_pipe.stages import STAGES, plan, run_stages
+from grao_pipe.stages.base import WHOLE, Edge, OnOutcome, Outcome, Part, Target, Upstream
 from grao_pipe.storage import Workdir, local_input
 
-
-@dataclass(frozen=True)
-class Policy:
-    """A model that samples (or is trained): its content digest, and how to get it locally.
-    Keys need only the digest; the directory is built or fetched when a stage loads it."""
-
-    digest: str
-    get_dir: Callable[[], Path]
-
-    def local_dir(self) -> Path:
-        return self.get_dir()
+__all__ = ["Pipeline", "Policy", "StageStatus"]
 
 
 class Pipeline:
@@ -42,6 +34,7 @@ class Pipeline:
         self._targets: dict[tuple[str, int], Target] = {}
         self._inputs: dict[str, Path] = {}
         self._policies: dict[int, Policy] = {}
+        self._trained: dict[tuple[str, int], Policy] = {}
 
     # ---- inputs ----
 
@@ -60,7 +53,7 @@ class Pipeline:
         round r-1's trained export, whose digest its train manifest records (so keys never
         re-hash the weights, nor download them from a remote workdir)."""
         if round_ not in self._policies:
-            self._policies[round_] = self._base_policy() if round_ == 1 else self.trained_policy(
+            self._policies[round_] = self.base_policy() if round_ == 1 else self.trained_policy(
                 round_ - 1, f"generate (round {round_}, sampling from round {round_ - 1}'s model)")
         return self._policies[round_]
 
@@ -89,7 +82,8 @@ class Pipeline:
         model_dir = self.input(location)
         return Policy(policy_digest(model_dir), lambda: model_dir)
 
-    def _base_policy(self) -> Policy:
+    def base_policy(self) -> Policy:
+        """The configured (or embedded) model: what round 1 samples and starts training from."""
         if self.cfg.model.path is not None:
             return self.model_at(self.cfg.model.path)
         from grao_pipe.models.tiny import build_tiny_model, tiny_model_key
@@ -100,13 +94,15 @@ class Pipeline:
         key = tiny_model_key(self.cfg.model.tiny, corpus)
         return Policy(f"tiny-{key}", lambda: build_tiny_model(self.cfg.model.tiny, corpus, self.workdir.scratch("models")))
 
-    def trained_policy(self, trained_round: int, consumer: str) -> Policy:
+    def trained_policy(self, trained_round: int, consumer: str, stage: str = "train") -> Policy:
         """Round ``trained_round``'s trained export, for ``consumer`` (named if it is missing)."""
-        train = self.target("train", trained_round)
-        m = train.require(consumer)
-        if not m.shards:
-            raise DataError(f"{train.dir.display}: the train manifest lists no model; re-run train with --force")
-        return Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+        if (stage, trained_round) not in self._trained:
+            train = self.target(stage, trained_round)
+            m = train.require(consumer)
+            if not m.shards:
+                raise DataError(f"{train.dir.display}: the {stage} manifest lists no model; re-run {stage} with --force")
+            self._trained[(stage, trained_round)] = Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+        return self._trained[(stage, trained_round)]
 
     # ---- stages ----
 
@@ -114,8 +110,20 @@ class Pipeline:
         """Stage ``stage``'s output for round ``round_`` (memoised: targets of round r depend on
         round r-1's, so recomputing them would make the work grow with the rounds)."""
         if (stage, round_) not in self._targets:
-            self._targets[(stage, round_)] = STAGES[stage].target(self, round_)
+            s = STAGES[stage]
+            up = Upstream(stage, round_, s.upstream, lambda e: self._output(stage, round_, e),
+                          lambda e: self._model(stage, round_, e))
+            self._targets[(stage, round_)] = s.target(self, up)
         return self._targets[(stage, round_)]
+
+    def _output(self, consumer: str, round_: int, edge: Edge) -> Target:
+        if round_ + edge.offset < 1:
+            raise KeyError(f"{consumer} (round {round_}) has no {edge.stage} output {-edge.offset} round(s) earlier")
+        return self.target(edge.stage, round_ + edge.offset)
+
+    def _model(self, consumer: str, round_: int, edge: Edge) -> Policy:
+        r = round_ + edge.offset
+        return self.policy(1) if r < 1 else self.trained_policy(r, f"{consumer} (round {round_})", edge.stage)
 
     def run_stage(self, stage: str, round_: int = 1, force: bool = False, part: Part = WHOLE) -> Outcome:
         return STAGES[stage].run(self, round_, force, part)
@@ -125,11 +133,7 @@ class Pipeline:
         return run_stages(self, force, on_outcome)
 
     def status(self) -> list[StageStatus]:
-        rows: list[StageStatus] = []
-        for round_ in range(1, self.cfg.run.rounds + 1):
-            for stage in (s for s in STAGES.values() if s.in_run):
-                rows.append(self._status(stage.name, round_))
-        return rows
+        return [self._status(stage.name, round_) for stage, round_ in plan(self.cfg)]
 
     def _status(self, stage: str, round_: int) -> StageStatus:
         try:
@@ -158,7 +162,7 @@ class Pipeline:
                 m = d.manifest()
             except DataError:
                 continue
-            if m is not None and m.inputs.get("round") == round_ and m.key != key:
+            if m is not None and m.inputs.round == round_ and m.key != key:
                 found.append(d.name)
         return found
 

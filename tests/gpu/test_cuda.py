@@ -24,7 +24,7 @@ def test_packed_step_matches_padded_on_cuda():
 
     from grao_pipe.config import TrainConfig
     from grao_pipe.learner.data import collate, pack
-    from grao_pipe.learner.objectives import step_loss
+    from grao_pipe.learner.step import step_loss
 
     bench = pytest.importorskip("bench_learner")
     dev = torch.device("cuda")

@@ -31,7 +31,7 @@ def _batch(seed: int = 0):
 
 def _loss_and_grads(model, batch, packed, chunk: int, attn: str, autocast: bool):
     from grao_pipe.config import TrainConfig
-    from grao_pipe.learner.objectives import step_loss
+    from grao_pipe.learner.step import step_loss
 
     model.zero_grad(set_to_none=True)
     cfg = TrainConfig(logprob_chunk_tokens=chunk, attn_implementation=attn)

@@ -53,7 +53,7 @@ def test_overlong_skip_never_trains_on_a_stand_in_reference(tiny_config, tmp_pat
     from grao_pipe import hf
     from grao_pipe.config import TrainConfig
     from grao_pipe.learner.data import collate
-    from grao_pipe.learner.objectives import step_loss
+    from grao_pipe.learner.step import step_loss
     from grao_pipe.pipeline import Pipeline
 
     cfg = load_config(tiny_config())

@@ -25,6 +25,32 @@ def test_advantage_change_reuses_cached_rewards(tiny_config):
     assert counting_scorer.CALLS["n"] == 48  # the scorer never ran again
 
 
+def test_score_computes_the_advantages_the_objective_reads(tiny_config):
+    """GRPO declares samples-only advantages (train.grpo.advantages): score computes them instead
+    of score.advantage.mode, under another key, from the same cached rewards; with
+    train.grpo.advantages=score it reads the configured mode (the GRAO score output)."""
+    import polars as pl
+
+    from grao_pipe.advantages import polars_reference
+    from grao_pipe.config import AdvantageConfig
+
+    grao = load_config(tiny_config(score={"scorers": [COUNTING]}))
+    grpo = load_config(tiny_config(score={"scorers": [COUNTING]}),
+                       ["train.objective=grpo", "score.max_degenerate_share=1"])
+    run_stage("generate", grao)
+    counting_scorer.CALLS["n"] = 0
+    ref_in_group, samples_only = run_stage("score", grao), run_stage("score", grpo)
+    assert counting_scorer.CALLS["n"] == 48 and samples_only.manifest.stats.scorer_shards_computed == {"count": 0}
+    assert ref_in_group.target.key != samples_only.target.key
+    assert samples_only.target.config["advantage"]["mode"] == "samples_only"
+    table = pl.concat([pl.read_parquet(f) for f in sorted(samples_only.target.dir.path.glob("shard-*.parquet"))])
+    expected = polars_reference(table.select("group_id", "reward"), AdvantageConfig(mode="samples_only"))
+    assert table["advantage"].to_list() == pytest.approx(expected["advantage"].to_list(), abs=1e-9)
+    as_configured = load_config(tiny_config(score={"scorers": [COUNTING]}),
+                                ["train.objective=grpo", "train.grpo.advantages=score"])
+    assert Pipeline(as_configured).target("score", 1).key == ref_in_group.target.key
+
+
 def test_weighted_combination_and_invalid_rows(tiny_config):
     scorers = [
         {"kind": "function", "name": "arith", "function": "grao_pipe.tasks.arith:score", "weight": 2.0},

@@ -3,11 +3,13 @@
 import json
 import subprocess
 
+import pyarrow.parquet as pq
 import pytest
 from stage_runner import run_stage, stage_dir
 
 from grao_pipe.config import load_config
 from grao_pipe.errors import InputError
+from grao_pipe.stages.train import check_columns
 
 
 def _losses(directory):
@@ -26,8 +28,11 @@ SUMS = {"data": {"prompts": "builtin:sums_train"},
 
 @pytest.mark.parametrize("objective,extra,sections", [
     ("dpo", [], SUMS),  # dataset pairs: chosen = the reference, rejected = the dataset's answer
-    ("dpo", ["train.dpo_pairs=samples"], {"score": {"reference_logprobs": True}}),
-    ("grpo", ["train.grpo_kl=0.05"], {"score": {"reference_logprobs": True}}),
+    # score computes the reference log-probs these objectives declare (no score.reference_logprobs)
+    ("dpo", ["train.dpo.pairs=samples"], {}),
+    # The tiny model's samples often all score alike: with GRPO's samples-only advantages most
+    # groups are degenerate, which score refuses by default.
+    ("grpo", ["train.grpo.kl=0.05"], {"score": {"max_degenerate_share": 1.0}}),
     ("ppo", ["train.keep_checkpoints=true"], SUMS),  # the test reads the critic from a checkpoint
     # LM head in chunks of 2 scored tokens: several chunks under FSDP2, tied head.
     ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64", "train.logprob_chunk_tokens=2"],
@@ -44,7 +49,7 @@ def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sec
     assert keys <= set(metrics[0])
     if objective == "dpo":  # before any update the policy equals the reference: log 2 per pair
         assert metrics[0]["loss"] == pytest.approx(0.6931 * metrics[0]["dpo_pair_share"], abs=1e-3)
-        dataset = "train.dpo_pairs=samples" not in extra
+        dataset = "train.dpo.pairs=samples" not in extra
         assert metrics[0]["dpo_pair_share"] == 1.0 if dataset else 0 < metrics[0]["dpo_pair_share"] <= 1
     if objective == "ppo":
         assert metrics[0]["value_mean"] == 0.0  # the critic starts at zero
@@ -63,16 +68,23 @@ def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sec
 def test_dpo_dataset_pairs_without_rejected_answers_fail_before_training(tiny_config):
     cfg = load_config(tiny_config(score={"reference_logprobs": True}), ["train.objective=dpo"])
     _prepare(cfg)
-    with pytest.raises(InputError, match=r"needs column 'reference_rejected_token_ids'.*train.dpo_pairs=samples"):
+    with pytest.raises(InputError, match=r"needs column 'reference_rejected_token_ids'.*train.dpo.pairs=samples"):
         run_stage("train", cfg)
 
 
-def test_dpo_without_reference_logprobs_fails_before_training(tiny_config):
-    cfg = load_config(tiny_config(), ["train.objective=dpo", "train.dpo_pairs=samples"])
-    _prepare(cfg)
-    with pytest.raises(InputError, match=r"needs column 'ref_logprobs'.*score.reference_logprobs=true"):
-        run_stage("train", cfg)
-    assert not stage_dir("train", cfg).joinpath("metrics.jsonl").exists()
+def test_score_computes_what_the_objective_declares_and_train_checks_it(tiny_config):
+    """DPO declares reference log-probs: its score stage computes them (another key than GRAO's,
+    the rewards reused); shards scored without them fail the pre-flight, naming the fix."""
+    grao = load_config(tiny_config())
+    dpo = load_config(tiny_config(), ["train.objective=dpo", "train.dpo.pairs=samples"])
+    _prepare(grao)
+    _prepare(dpo)
+    grao_score, dpo_score = stage_dir("score", grao), stage_dir("score", dpo)
+    assert grao_score != dpo_score
+    read = lambda d, c: pq.read_table(next(d.glob("*.parquet")), columns=[c])[c]  # noqa: E731
+    assert read(dpo_score, "ref_logprobs").null_count == 0 and read(grao_score, "ref_logprobs").null_count > 0
+    with pytest.raises(InputError, match=r"needs column 'ref_logprobs'.*re-run score"):
+        check_columns(dpo.train, sorted(grao_score.glob("*.parquet")))
 
 
 def test_gradient_accumulation_by_token_budget_matches_one_batch(tiny_config, tmp_path):

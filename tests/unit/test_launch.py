@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from grao_pipe.config import TrainConfig, keyed, load_config
+from grao_pipe.config import TrainConfig, load_config
 from grao_pipe.errors import ConfigError
+from grao_pipe.sections import keyed
 from grao_pipe.stages.train import torchrun_command
 
 SPEC = Path("runs/train/abc/spec.json")

@@ -9,7 +9,7 @@ from grao_pipe.config import TrainConfig  # noqa: E402
 from grao_pipe.learner import attention  # noqa: E402
 from grao_pipe.learner.data import Group, collate, pack  # noqa: E402
 from grao_pipe.learner.logprobs import CausalLMLogps, chunked_token_logps, full_token_logps  # noqa: E402
-from grao_pipe.learner.objectives import step_loss, token_logps  # noqa: E402
+from grao_pipe.learner.step import step_loss, token_logps  # noqa: E402
 
 CPU = torch.device("cpu")
 V = 50

@@ -238,3 +238,15 @@ def test_regulariser_is_a_reweighting_of_exploration_and_imitation():
     ga = torch.autograd.grad(full.sum(), (j_exp, j_im))
     gb = torch.autograd.grad(reweighted.sum(), (j_exp, j_im))
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb, strict=True))
+
+
+def test_grpo_loss_keeps_float64():
+    """float64 inputs (the TRL oracle's precision) stay float64 through the group means."""
+    from grao_pipe.losses import grpo_loss
+
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -0.25]], dtype=torch.float64, requires_grad=True)
+    loss_B, terms = grpo_loss(lp, lp.detach(), lp.detach() - 0.1, torch.tensor([1.0, -1.0], dtype=torch.float64),
+                              torch.ones(2, 2), torch.tensor([0, 0]), 1, clip_eps=0.2, kl_coef=0.1)
+    assert loss_B.dtype == terms["kl"].dtype == torch.float64
+    loss_B.sum().backward()
+    assert lp.grad.dtype == torch.float64 and torch.isfinite(lp.grad).all()

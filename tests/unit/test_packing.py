@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 from grao_pipe.config import TrainConfig  # noqa: E402
 from grao_pipe.learner.data import Group, collate, pack  # noqa: E402
-from grao_pipe.learner.objectives import step_loss  # noqa: E402
+from grao_pipe.learner.step import step_loss  # noqa: E402
 
 
 def _groups():

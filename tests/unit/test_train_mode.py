@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 from grao_pipe.config import TrainConfig  # noqa: E402
 from grao_pipe.learner.data import Group, collate  # noqa: E402
 from grao_pipe.learner.logprobs import CausalLMLogps  # noqa: E402
-from grao_pipe.learner.objectives import step_loss  # noqa: E402
 from grao_pipe.learner.recipe import load_policy  # noqa: E402
+from grao_pipe.learner.step import step_loss  # noqa: E402
 from grao_pipe.learner.train_mode import disable_dropout  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -1,8 +1,8 @@
 """The learner as a recipe (torchtune's shape), read top to bottom: ``setup`` -> ``train`` (each
 step: ``step`` -> ``log`` -> ``checkpoint``) -> ``export``.
 
-One process per device under torchrun (``grao_pipe.learner.worker``). The objective is
-``learner.objectives.step_loss``; FSDP2 wrapping is ``learner.fsdp``; batches come from the Rust
+One process per device under torchrun (``grao_pipe.learner.worker``). Each micro-batch's loss
+is ``learner.step.step_loss``, the configured objective's (``learner.objectives``); FSDP2 wrapping is ``learner.fsdp``; batches come from the Rust
 loader one step ahead (``learner.data.StepLoader``); metrics go to every configured logger
 (``learner.metric_logging``); checkpoints are sealed and resumed exactly (``learner.checkpoint``).
 """
@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,12 +22,13 @@ import torch.distributed as dist
 from grao_pipe.config import TrainConfig
 from grao_pipe.faults import kill_point
 from grao_pipe.learner import checkpoint
-from grao_pipe.learner.data import GroupStore, Step, StepLoader
+from grao_pipe.learner.data import GroupStore, MicroBatch, Step, StepLoader
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import policy_state_dict
 from grao_pipe.learner.metric_logging import Loggers, make_loggers
-from grao_pipe.learner.objectives import learner_model, step_loss, uses_rejected
+from grao_pipe.learner.records import StepMetrics
 from grao_pipe.learner.spec import LearnerSpec
+from grao_pipe.learner.step import StepTotals, learner_model, sample_counts, step_loss
 from grao_pipe.learner.train_mode import prepare_for_training
 
 # bf16 dense peak FLOP/s used for MFU, by device name substring.
@@ -88,14 +88,14 @@ class GRAORecipe:
         self.n_params = sum(p.numel() for p in lm.parameters())
         # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the
         # LM head and embeddings are unsharded by the root's hooks around the chunked head too.
-        self.model = learner_model(lm, cfg)  # with PPO's value head for objective=ppo
+        self.model = learner_model(lm, cfg)  # with a value head if the objective trains a critic
         shard_model(self.model, self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
 
         # The stage converted the shards (checksums checked); every rank memory-maps them.
         self.groups = GroupStore(self.spec.shards, self.spec.cache_dir, cfg.max_seq_len, cfg.overlong,
-                                 rejected=uses_rejected(cfg))
+                                 rejected=cfg.configured.needs.rejected)
         self.step_size = min(cfg.groups_per_step, len(self.groups))
         if self.step_size < self.world:
             raise ValueError(f"{len(self.groups)} usable groups cannot feed {self.world} ranks; lower train.nproc")
@@ -149,6 +149,7 @@ class GRAORecipe:
         n_micro_t = torch.tensor([len(micro)], device=self.device)
         dist.all_reduce(n_micro_t, op=dist.ReduceOp.MAX)
         n_micro = int(n_micro_t)
+        totals = self._totals(micro)
         loss_sum = 0.0
         term_sums: dict[str, float] = {}
         diag_sums: dict[str, float] = {}
@@ -156,7 +157,7 @@ class GRAORecipe:
         for i in range(n_micro):
             dummy = i >= len(micro)  # this rank ran out: a zero-weight forward keeps ranks in step
             batch, packed = self.loader.filler(data) if dummy else micro[i]
-            loss_B, terms, diag = step_loss(model, batch, self.cfg, self.device, packed)
+            loss_B, terms, diag = step_loss(model, batch, self.cfg, self.device, packed, totals)
             model.set_requires_gradient_sync(i == n_micro - 1)  # type: ignore[operator]
             # Mean over the step's groups: FSDP averages gradients over ranks, hence * world.
             (loss_B.sum() * (0.0 if dummy else world / self.step_size)).backward()
@@ -187,20 +188,26 @@ class GRAORecipe:
                           padded_tokens=int(vals[2 + nt]),
                           grad_norm=float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
 
+    def _totals(self, micro: list[MicroBatch]) -> StepTotals:
+        """The step's sample and token counts over every rank (losses normalised per token)."""
+        counts = [sample_counts(batch) for batch, _ in micro]
+        local = torch.tensor([sum(c[0] for c in counts), sum(c[1] for c in counts)], device=self.device)
+        dist.all_reduce(local)
+        return StepTotals(groups=self.step_size, samples=int(local[0]), sample_tokens=int(local[1]))
+
     def log(self, step: int, r: StepResult, seconds: float, data_wait_s: float) -> None:
         if self.loggers is None:
             return
         n = self.step_size
-        rec: dict[str, Any] = {
-            "step": step, "epoch": step // self.steps_per_epoch, "loss": r.loss / n,
-            **{f"loss_{k}": v / n for k, v in r.terms.items()}, **r.diag,
-            "grad_norm": r.grad_norm, "lr": self.sched.get_last_lr()[0], "groups": n, "real_tokens": r.real_tokens,
-            "padding_fraction": 1 - r.real_tokens / max(r.padded_tokens, 1), "tokens_per_s": r.real_tokens / seconds,
-            "data_wait_fraction": data_wait_s / seconds,  # rank 0's time waiting for its batches
+        rec = StepMetrics(
+            step=step, epoch=step // self.steps_per_epoch, loss=r.loss / n, grad_norm=r.grad_norm,
+            lr=self.sched.get_last_lr()[0], groups=n, real_tokens=r.real_tokens,
+            padding_fraction=1 - r.real_tokens / max(r.padded_tokens, 1), tokens_per_s=r.real_tokens / seconds,
+            data_wait_fraction=data_wait_s / seconds,
             # 6·N·tokens training FLOPs (attention excluded) over the peak of all devices.
-            "mfu": 6 * self.n_params * r.real_tokens / seconds / (self.peak_flops * self.world) if self.peak_flops else None,
-        }
-        self.loggers.log(step, rec)
+            mfu=6 * self.n_params * r.real_tokens / seconds / (self.peak_flops * self.world) if self.peak_flops else None,
+            **{f"loss_{k}": v / n for k, v in r.terms.items()}, **r.diag)
+        self.loggers.log(step, rec.flat())
 
     def checkpoint(self, done: int) -> None:
         """Every ``checkpoint_every`` steps, and after the last one (what a resumed run exports)."""

@@ -12,13 +12,13 @@ SPEC is the JSON ``LearnerSpec`` written by ``grao_pipe.stages.train``. The work
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 
+from grao_pipe.learner.records import RankError
 from grao_pipe.learner.spec import LearnerSpec
 
 PR_SET_PDEATHSIG = 1
@@ -33,12 +33,8 @@ def die_with_parent() -> None:
 
 
 def _record_failure(spec: LearnerSpec, e: BaseException) -> None:
-    rank = int(os.environ.get("RANK", 0))
-    spec.errors_dir.mkdir(parents=True, exist_ok=True)
-    (spec.errors_dir / f"rank-{rank}.json").write_text(json.dumps({
-        "rank": rank, "type": type(e).__name__, "message": str(e),
-        "traceback": "".join(traceback.format_exception(e)),
-    }))
+    RankError(rank=int(os.environ.get("RANK", 0)), type=type(e).__name__, message=str(e),
+              traceback="".join(traceback.format_exception(e))).write(spec.errors_dir)
 
 
 def main(spec_path: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from grao_pipe.errors import InputError
@@ -12,6 +14,18 @@ from grao_pipe.storage.shards import content_sha256
 _DIGEST_GLOBS = ("*.safetensors", "*.bin", "config.json", "generation_config.json",
                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "chat_template.*", "vocab.*", "merges.txt")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A model that samples (or is trained): its content digest, and how to get it locally.
+    Keys need only the digest; the directory is built or fetched when a stage loads it."""
+
+    digest: str
+    get_dir: Callable[[], Path]
+
+    def local_dir(self) -> Path:
+        return self.get_dir()
 
 
 def policy_digest(model_dir: str | Path) -> str:

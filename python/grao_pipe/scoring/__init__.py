@@ -1,6 +1,6 @@
 """Scorers: R(o, y), the reward of a response relative to the prompt's reference answer.
 
-Kinds: ``function`` (Python), ``judge`` (comparative LLM judge, design §5), ``reward_model``
+Kinds: ``function`` (Python), ``judge`` (comparative LLM judge, docs/objectives.md), ``reward_model``
 (scalar sequence classifier, R = r(o) - r(y)). Several combine with weights. A scorer gets its
 own config section and the local paths of the files it reads (``ScorerFiles``, resolved by the
 pipeline), never the whole pipeline config.
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, ScorerConfig, keyed
+from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, ScorerConfig
 from grao_pipe.hashing import digest
 from grao_pipe.scoring.base import Scorer, ScoreResult
+from grao_pipe.sections import keyed
 
 __all__ = ["ScoreResult", "Scorer", "ScorerFiles", "build", "scorer_files", "scorer_key"]
 

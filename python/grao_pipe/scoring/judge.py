@@ -1,4 +1,4 @@
-"""Comparative LLM judge (design §5), reference-relative: Text 1 is the response, Text 2 the
+"""Comparative LLM judge (docs/objectives.md, Evaluation), reference-relative: Text 1 is the response, Text 2 the
 reference; ``1 > 2`` / ``1 = 2`` / ``1 < 2`` give R(o, y) = +1 / 0 / -1.
 
 With ``both_orders`` each pair is also judged swapped, and R is the mean of the two verdicts

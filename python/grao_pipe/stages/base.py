@@ -1,8 +1,11 @@
-"""What a stage is: a name, a cache key computed from its inputs, and one ``run`` shape.
+"""What a stage is: a name, the stages it reads (``upstream``: the stage graph), a cache key
+computed from its inputs, and one ``run`` shape.
 
 Every stage (generate, score, train, eval) is a ``Stage`` in the registry of
 ``grao_pipe.stages``; the CLI, ``run``, ``status`` and ``datasets`` iterate that registry. A
-``Target`` is one stage's output for one round: its cache key and its ``StageDir``.
+``Target`` is one stage's output for one round: its cache key, its ``StageDir``, and its
+resolved upstream. Stages never ask for another stage's output by name at run time: they
+declare ``Edge``s, and the pipeline resolves them (``Upstream``).
 
 Cache key of a stage = hash(stage name, code version, its config section without ``Unkeyed``
 fields, the fingerprints of its inputs). The output directory is ``<workdir>/<stage>/<key[:16]>``:
@@ -26,6 +29,7 @@ from grao_pipe.manifests import Manifest, StageManifest
 from grao_pipe.storage import StageDir
 
 if TYPE_CHECKING:
+    from grao_pipe.models import Policy
     from grao_pipe.pipeline import Pipeline
 
 Part = tuple[int, int]  # (k, N): worker k of N (``--shard k/N``)
@@ -33,6 +37,50 @@ WHOLE: Part = (0, 1)
 
 
 M = TypeVar("M", bound=StageManifest)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An edge of the stage graph: a stage reads ``stage``'s output of the round ``offset``
+    away (0: the same round, -1: the previous one), either its shards (``model=False``) or the
+    model it trained (``model=True``). A model edge before round 1 reads the base model (the
+    configured ``model.path`` or the embedded one); an output edge before round 1 is absent."""
+
+    stage: str
+    offset: int = 0
+    model: bool = False
+
+
+class Upstream:
+    """One target's edges, resolved by the pipeline on first use (an eval of an explicitly named
+    model never needs the train stage's output) and only along declared edges."""
+
+    def __init__(self, consumer: str, round_: int, edges: tuple[Edge, ...],
+                 output: Callable[[Edge], Target], model: Callable[[Edge], Policy]):
+        self.consumer, self.round, self.edges = consumer, round_, edges
+        self._output, self._model = output, model
+        self._outputs: dict[Edge, Target] = {}
+        self._models: dict[Edge, Policy] = {}
+
+    def _edge(self, stage: str, offset: int, model: bool) -> Edge:
+        edge = Edge(stage, offset, model)
+        if edge not in self.edges:
+            raise KeyError(f"{self.consumer} declares no edge {edge} (its upstream: {self.edges})")
+        return edge
+
+    def output(self, stage: str, offset: int = 0) -> Target:
+        """The upstream stage's output (its target; ``.require(...)`` for its manifest)."""
+        edge = self._edge(stage, offset, False)
+        if edge not in self._outputs:
+            self._outputs[edge] = self._output(edge)
+        return self._outputs[edge]
+
+    def model(self, stage: str, offset: int = 0) -> Policy:
+        """The model the upstream stage trained (or the base model before round 1)."""
+        edge = self._edge(stage, offset, True)
+        if edge not in self._models:
+            self._models[edge] = self._model(edge)
+        return self._models[edge]
 
 
 @dataclass(frozen=True)
@@ -45,6 +93,7 @@ class Target:
     dir: StageDir
     config: dict[str, Any]  # the stage's config section, as hashed
     inputs: dict[str, Any]  # fingerprints of what it reads, as hashed
+    upstream: Upstream = field(compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -89,18 +138,20 @@ class Stage(ABC):
     dataset: ClassVar[bool] = False  # a rollout dataset other teams read (list, verify, export)
     shardable: ClassVar[bool] = False  # --shard k/N splits it over machines with no coordinator
     in_run: ClassVar[bool] = True  # part of every round of ``grao-pipe run``
+    upstream: ClassVar[tuple[Edge, ...]] = ()  # what it reads: its edges in the stage graph
 
     def key(self, section: dict[str, Any], inputs: dict[str, Any]) -> str:
         return digest({"stage": self.name, "code": self.code_version, "config": section, "inputs": inputs})
 
-    def make_target(self, p: Pipeline, round_: int, section: dict[str, Any], inputs: dict[str, Any]) -> Target:
+    def make_target(self, p: Pipeline, up: Upstream, section: dict[str, Any], inputs: dict[str, Any]) -> Target:
         key = self.key(section, inputs)
-        return Target(self.name, round_, key, p.workdir.stage_dir(self.name, key), section, inputs)
+        return Target(self.name, up.round, key, p.workdir.stage_dir(self.name, key), section, inputs, up)
 
     @abstractmethod
-    def target(self, p: Pipeline, round_: int) -> Target:
-        """The key and directory of round ``round_``'s output. Computing it never builds or
-        downloads a model: it reads upstream manifests and hashes inputs."""
+    def target(self, p: Pipeline, up: Upstream) -> Target:
+        """The key and directory of round ``up.round``'s output, from its resolved upstream.
+        Computing it never builds or downloads a model: it reads upstream manifests and hashes
+        inputs."""
 
     @abstractmethod
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:

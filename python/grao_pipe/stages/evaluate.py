@@ -1,4 +1,4 @@
-"""``grao-pipe eval``: RAS and NAG (design §5) of a round's trained model against the base model.
+"""``grao-pipe eval``: RAS and NAG (docs/objectives.md, Evaluation) of a round's trained model against the base model.
 
 Both models answer the same held-out prompts (one sample each, seeded); a comparative scorer
 gives R(o, y) against the reference for each answer. Output: ``<workdir>/eval/<key>/`` with
@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from grao_pipe import metrics, scoring
-from grao_pipe.config import keyed
 from grao_pipe.errors import DataError
 from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.manifests import EvalManifest, EvalStats
 from grao_pipe.prompts import load_prompt_set
 from grao_pipe.scoring.base import ScoreInput
-from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.sections import keyed
+from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
 from grao_pipe.storage import content_sha256
 
 if TYPE_CHECKING:
@@ -41,24 +41,25 @@ class Eval(Stage):
     name = "eval"
     help = "RAS and NAG of a round's trained model vs the base model, with N and 95% intervals."
     in_run = False  # ``grao-pipe run`` adds it after the last round with run.eval=true
+    upstream = (Edge("train", model=True),)  # the round's trained model (unless eval.model names one)
 
-    def _models(self, p: Pipeline, round_: int) -> tuple[Policy, Policy]:
+    def _models(self, p: Pipeline, up: Upstream) -> tuple[Policy, Policy]:
         ec = p.cfg.eval
-        base = p.model_at(ec.base_model) if ec.base_model else p.policy(1)
-        post = p.model_at(ec.model) if ec.model else p.trained_policy(round_, f"eval (round {round_})")
+        base = p.model_at(ec.base_model) if ec.base_model else p.base_policy()
+        post = p.model_at(ec.model) if ec.model else up.model("train")
         return base, post
 
     def _prompts_location(self, p: Pipeline) -> str:
         return p.cfg.eval.prompts or p.cfg.data.prompts
 
-    def target(self, p: Pipeline, round_: int) -> Target:
+    def target(self, p: Pipeline, up: Upstream) -> Target:
         ec = p.cfg.eval
-        base, post = self._models(p, round_)
+        base, post = self._models(p, up)
         scorer = ec.scorer or p.cfg.score.scorers[0]
         data = keyed(p.cfg.data) | {"limit": ec.limit}
         inputs = {"prompts": {"sha256": content_sha256(p.input(self._prompts_location(p))), **data},
                   "scorer": scoring.scorer_key(scorer, p.scorer_files(scorer)), "base": base.digest, "model": post.digest}
-        return self.make_target(p, round_, {"eval": keyed(ec), "generate": keyed(p.cfg.generate)}, inputs)
+        return self.make_target(p, up, {"eval": keyed(ec), "generate": keyed(p.cfg.generate)}, inputs)
 
     def _answers(self, p: Pipeline, model: Path, prompts: list[Prompt]) -> tuple[list[Any], list[str]]:
         ec = p.cfg.eval
@@ -76,7 +77,7 @@ class Eval(Stage):
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         ec = p.cfg.eval
         timer = Timer()
-        base, post = self._models(p, target.round)
+        base, post = self._models(p, target.upstream)
         data = p.cfg.data.model_copy(update={"limit": ec.limit})
         if ec.prompts is None:  # an explicit, printed choice: a number on training prompts is not a result
             print(f"WARNING: eval.prompts is not set: evaluating on the training prompts ({p.cfg.data.prompts}), "

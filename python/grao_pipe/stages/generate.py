@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from grao_pipe.config import keyed
 from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.hashing import digest
@@ -31,7 +30,8 @@ from grao_pipe.schemas import (
     QUARANTINE_NAME,
     shard_name,
 )
-from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.sections import keyed
+from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
 from grao_pipe.storage import StageDir, content_sha256
 
 if TYPE_CHECKING:
@@ -99,11 +99,13 @@ class Generate(Stage):
     dataset = True
     shardable = True
 
-    def target(self, p: Pipeline, round_: int) -> Target:
+    upstream = (Edge("train", -1, model=True),)  # round r samples from round r-1's trained model
+
+    def target(self, p: Pipeline, up: Upstream) -> Target:
         cfg = p.cfg
         prompts = {"sha256": content_sha256(p.input(cfg.data.prompts)), **keyed(cfg.data)}
         section = {"generate": keyed(cfg.generate), "trust_remote_code": cfg.model.trust_remote_code}
-        return self.make_target(p, round_, section, {"prompts": prompts, "model": p.policy(round_).digest})
+        return self.make_target(p, up, section, {"prompts": prompts, "model": up.model("train", -1).digest})
 
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         k, n_parts = part
@@ -116,7 +118,7 @@ class Generate(Stage):
         names = [shard_name(i, n_shards) for i in range(n_shards)]
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]
         if todo:
-            policy = p.policy(target.round)
+            policy = target.upstream.model("train", -1)
             model_dir = policy.local_dir()
             tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
             sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)

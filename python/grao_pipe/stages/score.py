@@ -18,12 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from grao_pipe import advantages, scoring
-from grao_pipe.config import GROUP_OBJECTIVES, FunctionScorer, PipelineConfig, ScorerConfig, keyed
+from grao_pipe.config import FunctionScorer, PipelineConfig, ScoreConfig, ScorerConfig
 from grao_pipe.errors import DataError
 from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats, ShardEntry
 from grao_pipe.schemas import META_ERRORS, META_SOURCE, META_STATS, META_UNPARSEABLE
 from grao_pipe.scoring.base import ScoreInput, Scorer
-from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.sections import keyed
+from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
 from grao_pipe.storage import StageDir, read_shard, shard_is_committed
 
 if TYPE_CHECKING:
@@ -89,7 +90,17 @@ _SCORED = ["group_id", "prompt", "prompt_messages", "response", "reference"]
 _REFERENCE_TOKENS = ["prompt_token_ids", "response_token_ids", "reference_token_ids", "reference_rejected_token_ids"]
 
 
-def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256: str, rewards: list[_Rewards],
+def score_section(cfg: PipelineConfig) -> ScoreConfig:
+    """``score`` as the configured objective needs it (``Needs``): its advantages in the mode its
+    loss reads, reference-model log-probs when it reads them. This is what the stage computes
+    and what its key hashes."""
+    needs, section = cfg.train.configured.needs, cfg.score
+    advantage = section.advantage.model_copy(update={"mode": needs.advantage_mode or section.advantage.mode})
+    return section.model_copy(update={"advantage": advantage,
+                                      "reference_logprobs": section.reference_logprobs or needs.reference_logprobs})
+
+
+def _score_table(cfg: ScoreConfig, table: pa.Table, name: str, source_sha256: str, rewards: list[_Rewards],
                  ref_model: ReferenceModel | None) -> tuple[pa.Table, dict[str, int]]:
     """The score columns of one generate shard (``table`` holds at least ``_SCORED``, and
     ``_REFERENCE_TOKENS`` with a reference model), with ``group_id`` first for the stats."""
@@ -101,11 +112,11 @@ def _score_table(cfg: PipelineConfig, table: pa.Table, name: str, source_sha256:
         counts["unparseable"] += unparseable
     reward = _combine([(c.weight, v) for c, v in per_scorer])
     try:
-        adv = advantages.compute(table["group_id"], reward, cfg.score.advantage)
+        adv = advantages.compute(table["group_id"], reward, cfg.advantage)
     except ValueError as e:  # a shard not written by generate (groups split, ids missing)
         raise DataError(f"generate shard {name}: {e}; re-run generate with --force") from None
     keep = adv.reward_valid
-    if cfg.score.advantage.degenerate == "drop":
+    if cfg.advantage.degenerate == "drop":
         keep = pc.and_(keep, pc.invert(adv.degenerate))
     ref_lp, ref_ref_lp, ref_rej_lp = _reference_logprobs(table, ref_model)
     columns = {"group_id": table["group_id"], "reward": reward, "reward_valid": adv.reward_valid,
@@ -168,8 +179,8 @@ def _check_signal(target: Target, st: ScoreStats, cfg: PipelineConfig) -> None:
                         f"{st.unparseable} unparseable judge answers, {st.scorer_errors} scorer errors), over "
                         f"score.max_invalid_share={cfg.score.max_invalid_share:g}; fix the scorer (judge model, "
                         "template, endpoint) or raise the share")
-    # Group objectives learn from the spread of rewards within a group; SFT and DPO do not.
-    if cfg.train.objective in GROUP_OBJECTIVES and st.groups and st.degenerate_share > cfg.score.max_degenerate_share:
+    # Group-relative objectives learn from the spread of rewards within a group; SFT and DPO do not.
+    if cfg.train.configured.needs.group_relative and st.groups and st.degenerate_share > cfg.score.max_degenerate_share:
         raise DataError(f"{where}: {st.degenerate_groups} of {st.groups} groups are degenerate "
                         f"({st.degenerate_share:.0%}: no reward spread, so no learning signal), over "
                         f"score.max_degenerate_share={cfg.score.max_degenerate_share:g}; check the scorer and "
@@ -181,25 +192,28 @@ class Score(Stage):
     help = "Score samples against the references and compute group advantages."
     dataset = True
 
-    def target(self, p: Pipeline, round_: int) -> Target:
-        cfg = p.cfg
-        gen = p.target("generate", round_).require("score")
+    upstream = (Edge("generate"),)
+
+    def target(self, p: Pipeline, up: Upstream) -> Target:
+        section = score_section(p.cfg)
+        gen = up.output("generate").require("score")
         inputs: dict[str, object] = {"generate": gen.fingerprint}
-        files = {s.name: d for s in cfg.score.scorers if (d := p.scorer_files(s).digests())}
+        files = {s.name: d for s in section.scorers if (d := p.scorer_files(s).digests())}
         if files:  # reward models, judge models and templates: by content, not by path
             inputs["scorer_files"] = files
-        if cfg.score.reference_logprobs:
+        if section.reference_logprobs:
             inputs["reference_model"] = p.reference_policy().digest
-        return self.make_target(p, round_, keyed(cfg.score), inputs)
+        return self.make_target(p, up, keyed(section), inputs)
 
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         cfg = p.cfg
+        section = score_section(cfg)
         timer = Timer()
-        gen_target = p.target("generate", target.round)
+        gen_target = target.upstream.output("generate")
         gen = gen_target.require("score")
-        rewards = [_Rewards(p, s, gen_target.key) for s in cfg.score.scorers]
+        rewards = [_Rewards(p, s, gen_target.key) for s in section.scorers]
         ref_model = None
-        if cfg.score.reference_logprobs:
+        if section.reference_logprobs:
             from grao_pipe.reference_model import ReferenceModel
 
             ref_model = ReferenceModel(p.reference_policy().local_dir())
@@ -215,7 +229,7 @@ class Score(Stage):
                 return entry
             source = gen_target.dir.open_shard(shard, "generate")
             table = source.read(_SCORED + (_REFERENCE_TOKENS if ref_model is not None else []))
-            scored, counts = _score_table(cfg, table, shard.name, shard.sha256, rewards, ref_model)
+            scored, counts = _score_table(section, table, shard.name, shard.sha256, rewards, ref_model)
             stats = _stats(scored, counts).model_dump()
             # The score shard is the generate shard's columns (copied as encoded) and the new ones.
             entry = target.dir.write_shard(shard.name, scored.drop(["group_id"]), "score",

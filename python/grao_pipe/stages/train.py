@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,52 +12,24 @@ from typing import TYPE_CHECKING
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from grao_pipe.config import TrainConfig, keyed
+from grao_pipe.config import TrainConfig
 from grao_pipe.errors import ConfigError, InputError, StageFailed
 from grao_pipe.extras import require
 from grao_pipe.faults import kill_point
 from grao_pipe.hashing import digest
+from grao_pipe.learner.records import RankError, read_metrics
 from grao_pipe.learner.spec import LearnerSpec
 from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
-from grao_pipe.stages.base import Outcome, Part, Stage, Target, Timer
+from grao_pipe.sections import keyed
+from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
 
 if TYPE_CHECKING:
     from grao_pipe.pipeline import Pipeline
 
 
-def read_metrics(directory: Path) -> list[dict]:
-    path = directory / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def required_columns(cfg: TrainConfig) -> dict[str, str]:
-    """Columns the objective needs non-null, with what to do when they are missing."""
-    need: dict[str, str] = {}
-    ref_hint = "set score.reference_logprobs=true and re-run score"
-    beh_hint = "generate with a backend that returns log-probs (hf, vllm)"
-    if cfg.objective == "dpo" and cfg.dpo_pairs == "samples":
-        need |= {"ref_logprobs": ref_hint, "ref_reference_logprobs": ref_hint}
-    if cfg.objective == "dpo" and cfg.dpo_pairs == "dataset":
-        pairs_hint = "use a prompt set with a rejected answer per row (data.rejected_field), or train.dpo_pairs=samples"
-        need |= {"reference_rejected_token_ids": pairs_hint, "ref_reference_logprobs": ref_hint,
-                 "ref_reference_rejected_logprobs": ref_hint}
-    if (cfg.objective == "grpo" and cfg.grpo_kl > 0) or (cfg.objective == "ppo" and cfg.ppo_kl > 0):
-        need["ref_logprobs"] = ref_hint
-    if cfg.objective == "grpo" and cfg.grpo_clip is not None:
-        # Without clipping the ratio is taken against stop_grad(πθ): the on-policy surrogate,
-        # which ignores how far the stored samples are from the current policy.
-        need["behaviour_logprobs"] = (f"{beh_hint}, or set train.grpo_clip=null for the unclipped on-policy "
-                                      "surrogate (no correction for stale rollouts)")
-    if cfg.objective == "ppo":
-        need["behaviour_logprobs"] = f"{beh_hint}: PPO's ratio is taken against them"
-    if cfg.importance_weights:
-        need["behaviour_logprobs"] = f"{beh_hint}, or set train.importance_weights=false"
-    return need
-
-
 def check_columns(cfg: TrainConfig, shards: list[Path]) -> None:
     """Fail before training starts if a kept row lacks a column the objective needs."""
-    need = required_columns(cfg)
+    need = cfg.configured.needs.columns
     for path in shards if need else []:
         present = set(pq.read_schema(path).names)
         table = pq.read_table(path, columns=[c for c in [*need, "keep"] if c in present])
@@ -95,9 +66,9 @@ def _die_with_parent() -> None:
 def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
     """The first failing rank's exception, else the log's last line (e.g. a rank killed by the OS)."""
     errors = sorted(spec.errors_dir.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    if errors:
-        e = json.loads(errors[0].read_text())
-        return f"rank {e['rank']}: {e['type']}: {e['message']}"
+    reports = [e for e in map(RankError.read, errors) if e is not None]
+    if reports:
+        return reports[0].describe()
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
     return f"the learner exited without an error report ({lines[-1].strip() if lines else 'empty log'})"
 
@@ -112,10 +83,13 @@ class Train(Stage):
     name = "train"
     help = "Train the policy on score's shards (torchrun, FSDP2)."
 
-    def target(self, p: Pipeline, round_: int) -> Target:
-        sc = p.target("score", round_).require("train")
-        inputs = {"score": sc.fingerprint, "model": p.policy(round_).digest}
-        return self.make_target(p, round_, keyed(p.cfg.train), inputs)
+    # The round's scored rollouts; the model it starts from: round r-1's, the base model in round 1.
+    upstream = (Edge("score"), Edge("train", -1, model=True))
+
+    def target(self, p: Pipeline, up: Upstream) -> Target:
+        sc = up.output("score").require("train")
+        inputs = {"score": sc.fingerprint, "model": up.model("train", -1).digest}
+        return self.make_target(p, up, keyed(p.cfg.train), inputs)
 
     # Nodes of one multi-node run share the output directory: one lock per node, not per stage,
     # and only node 0 owns --force.
@@ -144,15 +118,16 @@ class Train(Stage):
         if not lead:  # node 0 writes the manifest once every node's learner has finished
             return Outcome(target, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
         kill_point("train.exported")
-        metrics = read_metrics(out)
-        terms = sorted({k for m in metrics for k in m if k.startswith("loss")})
+        metrics = read_metrics(out / "metrics.jsonl")
+        terms = [m.terms for m in metrics]
+        names = sorted({k for t in terms for k in t})
         stats = TrainStats(
             steps=len(metrics),
             load=LoadStats.model_validate_json((out / "load_stats.json").read_text()),
-            groups_seen=sum(m["groups"] for m in metrics),
-            real_tokens=sum(m["real_tokens"] for m in metrics),
-            mean={k: sum(m[k] for m in metrics) / max(len(metrics), 1) for k in terms},
-            final={k: metrics[-1][k] for k in terms} if metrics else {},
+            groups_seen=sum(m.groups for m in metrics),
+            real_tokens=sum(m.real_tokens for m in metrics),
+            mean={k: sum(t[k] for t in terms) / max(len(terms), 1) for k in names},
+            final=terms[-1] if terms else {},
             seconds=round(timer.seconds, 3),
         )
         from grao_pipe.models import policy_digest
@@ -179,7 +154,7 @@ class Train(Stage):
         if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
             raise ConfigError("train.attn_implementation=flex_attention needs CUDA (torch has no flex-attention "
                               "backward on CPU); use train.attn_implementation=sdpa")
-        sc_target = p.target("score", target.round)
+        sc_target = target.upstream.output("score")
         sc = sc_target.require("train")
         shards = [sc_target.dir.member(s.name) for s in sc.shards]
         check_columns(cfg, shards)
@@ -189,7 +164,7 @@ class Train(Stage):
         if min(cfg.groups_per_step, groups) < world:
             raise ConfigError(f"train: the score output has {groups} groups with kept rows, which cannot feed "
                               f"{world} ranks (train.nproc x train.nnodes); lower train.nproc or score more prompts")
-        policy = p.policy(target.round)
+        policy = target.upstream.model("train", -1)
         return LearnerSpec(
             train=cfg, model_dir=policy.local_dir(), shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
             cache_dir=out / "cache", output_dir=out, run_id=target.key[:16],
