@@ -33,6 +33,8 @@ SUMS = {"data": {"prompts": "builtin:sums_train"},
     # The tiny model's samples often all score alike: with GRPO's samples-only advantages most
     # groups are degenerate, which score refuses by default.
     ("grpo", ["train.grpo.kl=0.05"], {"score": {"max_degenerate_share": 1.0}}),
+    ("token_grpo", ["train.token_grpo.loss_type=dr_grpo", "train.token_grpo.max_completion_tokens=3"],
+     {"score": {"max_degenerate_share": 1.0}}),
     ("ppo", ["train.keep_checkpoints=true"], SUMS),  # the test reads the critic from a checkpoint
     # LM head in chunks of 2 scored tokens: several chunks under FSDP2, tied head.
     ("sft", ["train.activation_checkpointing=true", "train.pack_tokens=64", "train.logprob_chunk_tokens=2"],
@@ -45,6 +47,7 @@ def test_baselines_train_from_the_same_shards(tiny_config, objective, extra, sec
     metrics = [json.loads(x) for x in (out.target.dir.path / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and all(m["real_tokens"] > 0 for m in metrics)
     keys = {"dpo": {"loss_dpo", "dpo_pair_share"}, "grpo": {"loss_kl"}, "sft": {"loss_nll_reference"},
+            "token_grpo": {"loss_policy", "staleness_kl"},
             "ppo": {"loss_policy", "loss_value", "value_mean", "ppo_kl"}}[objective]
     assert keys <= set(metrics[0])
     if objective == "dpo":  # before any update the policy equals the reference: log 2 per pair

@@ -20,6 +20,7 @@ _MODULES = (
     "dpo",
     "grpo",
     "ppo",
+    "token_grpo",
 )
 
 DEFAULT = "grao"  # the paper's objective, what train.objective defaults to
