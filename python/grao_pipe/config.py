@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from grao_pipe.enums import AdvantageMode, Overlong
 from grao_pipe.errors import ConfigError
 
 T = TypeVar("T")
@@ -145,9 +146,7 @@ class GenerateConfig(_Section):
 
 
 class AdvantageConfig(_Section):
-    mode: Literal["reference_in_group", "samples_only", "leave_one_out", "rank"] = (
-        "reference_in_group"
-    )
+    mode: AdvantageMode = "reference_in_group"
     eps: float = Field(1e-6, ge=0)
     std_floor: float = Field(1e-6, ge=0)
     min_valid: int = Field(2, ge=1)
@@ -260,7 +259,7 @@ class TrainConfig(_Section):
     importance_weights: bool = False
     importance_cap: float = Field(2.0, gt=0)
     max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
-    overlong: Literal["truncate", "skip"] = "truncate"
+    overlong: Overlong = "truncate"
     activation_checkpointing: bool = False
     # Gradient accumulation by token budget: each rank splits its groups of a step into
     # micro-batches of at most this many tokens (whole groups; 0: one micro-batch).

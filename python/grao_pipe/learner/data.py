@@ -20,16 +20,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from grao_pipe.enums import Overlong
 from grao_pipe.errors import DataError
 from grao_pipe.schemas import tmp_name
 from grao_pipe.storage.shards import read_shard
+
+if TYPE_CHECKING:
+    from grao_pipe import _native
 
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
            "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",
@@ -87,7 +91,7 @@ class GroupStore:
     """
 
     def __init__(self, shards: list[tuple[Path, str]], cache_dir: Path, max_seq_len: int | None = None,
-                 overlong: str = "truncate", rejected: bool = False):
+                 overlong: Overlong = "truncate", rejected: bool = False):
         from grao_pipe import _native
 
         self.max_seq_len, self.overlong, self.rejected = max_seq_len, overlong, rejected
@@ -175,10 +179,10 @@ class GroupStore:
         _, first = np.unique(ks, return_index=True)
         with self._lock:  # LoadStats count each group once, not once per epoch
             new = first[~self._seen[ks[first]]]
-            self.stats.truncated += int(np.asarray(out["truncated"])[new].sum())
-            self.stats.skipped += int(np.asarray(out["skipped"])[new].sum())
+            self.stats.truncated += int(np.asarray(out.truncated_S)[new].sum())
+            self.stats.skipped += int(np.asarray(out.skipped_S)[new].sum())
             self._seen[ks] = True
-        return [_micro_batch(d) for d in out["micro_batches"]]
+        return [_micro_batch(mb) for mb in out.micro_batches]
 
 
 def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
@@ -391,18 +395,27 @@ def _tensor(x: object) -> torch.Tensor:
     return torch.from_numpy(np.asarray(x))
 
 
-def _micro_batch(d: dict) -> MicroBatch:
-    t = {k: _tensor(v) for k, v in d.items() if k != "packed" and not isinstance(v, int)}
-    batch = Batch(t["input_ids"], t["attention_mask"], t["loss_mask"], t["behaviour"], t["reference"],
-                  t["advantage"], t["reward"], t["reference_advantage"], t["sample_mask"], d["n_samples"],
-                  d["real_tokens"], d["padded_tokens"], t["behaviour_known"] > 0, t["reference_fits"],
-                  t["rejected_mask"])
-    p = d["packed"]
+def _micro_batch(arrays: _native.MicroBatchArrays) -> MicroBatch:
+    """The kernel's micro-batch as tensors sharing its memory, field by field by name (the
+    names, dtypes and dims: ``_native.MICRO_BATCH_SCHEMA``, tests/unit/test_native_schema.py)."""
+    d, p = arrays.padded, arrays.packed
+    batch = Batch(
+        input_ids_NT=_tensor(d.input_ids_NT), attention_mask_NT=_tensor(d.attention_mask_NT),
+        loss_mask_NT=_tensor(d.loss_mask_NT), behaviour_NT=_tensor(d.behaviour_NT), ref_NT=_tensor(d.ref_NT),
+        adv_BG=_tensor(d.adv_BG), reward_BG=_tensor(d.reward_BG), ref_adv_B=_tensor(d.ref_adv_B),
+        mask_BG=_tensor(d.mask_BG), n_samples=d.n_samples, real_tokens=d.real_tokens,
+        padded_tokens=d.padded_tokens, behaviour_known_N=_tensor(d.behaviour_known_N),
+        reference_fits_B=_tensor(d.reference_fits_B), rejected_mask_B=_tensor(d.rejected_mask_B),
+    )
     if p is None:
         return MicroBatch(batch, None)
-    pt = {k: _tensor(v) for k, v in p.items() if not isinstance(v, int)}
-    return MicroBatch(batch, Packed(pt["input_ids"], pt["position_ids"], pt["segment"], pt["src_row"], pt["src_col"],
-                                    pt["dst_seq"], pt["dst_pos"], p["real_tokens"], p["padded_tokens"]))
+    packed = Packed(
+        input_ids_RT=_tensor(p.input_ids_RT), position_ids_RT=_tensor(p.position_ids_RT),
+        segment_RT=_tensor(p.segment_RT), src_row=_tensor(p.src_row_K), src_col=_tensor(p.src_col_K),
+        dst_seq=_tensor(p.dst_seq_K), dst_pos=_tensor(p.dst_pos_K), real_tokens=p.real_tokens,
+        padded_tokens=p.padded_tokens,
+    )
+    return MicroBatch(batch, packed)
 
 
 def epoch_order(n_groups: int, seed: int, epoch: int) -> torch.Tensor:
