@@ -249,7 +249,7 @@ def micro_batches(groups: list[Group], budget: int) -> list[list[Group]]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by field name only (_micro_batch, collate)
 class Batch:
     input_ids_NT: torch.Tensor
     attention_mask_NT: torch.Tensor
@@ -314,12 +314,14 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
     known = torch.tensor([beh is not None for _, _, beh, _ in seqs])
     fits = torch.tensor([float(x.reference_fits) for x in groups])
     rejected = torch.tensor([float(bool(x.rejected)) for x in groups])
-    return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
-                 torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t,
-                 known, fits, rejected)
+    return Batch(input_ids_NT=ids, attention_mask_NT=attn, loss_mask_NT=loss_mask, behaviour_NT=behaviour,
+                 ref_NT=ref, adv_BG=adv_BG, reward_BG=reward_BG,
+                 ref_adv_B=torch.tensor([x.reference_advantage for x in groups]), mask_BG=mask_BG,
+                 n_samples=b * g, real_tokens=real, padded_tokens=n * t, behaviour_known_N=known,
+                 reference_fits_B=fits, rejected_mask_B=rejected)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by field name only (_micro_batch, pack)
 class Packed:
     """Sequences of a Batch packed into rows of ``budget`` tokens (best-fit decreasing, Rust).
 
@@ -380,8 +382,9 @@ def pack(batch: Batch, budget: int, pad_id: int) -> Packed:
     for row, used in enumerate(fill):  # row padding: its own segment, restarting positions
         pos[row, used:] = torch.arange(budget - used)
     t = torch.tensor
-    return Packed(ids, pos, seg, t(src_row, dtype=torch.long), t(src_col, dtype=torch.long),
-                  t(dst_seq, dtype=torch.long), t(dst_pos, dtype=torch.long), int(sum(fill)), n_rows * budget)
+    return Packed(input_ids_RT=ids, position_ids_RT=pos, segment_RT=seg, src_row=t(src_row, dtype=torch.long),
+                  src_col=t(src_col, dtype=torch.long), dst_seq=t(dst_seq, dtype=torch.long),
+                  dst_pos=t(dst_pos, dtype=torch.long), real_tokens=int(sum(fill)), padded_tokens=n_rows * budget)
 
 
 
