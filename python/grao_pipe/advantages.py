@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from grao_pipe.config import AdvantageConfig
+from grao_pipe.enums import unhandled
 
 if TYPE_CHECKING:
     import polars as pl
@@ -71,16 +72,18 @@ def polars_reference(df: pl.DataFrame, cfg: AdvantageConfig, group: str = "group
     else:
         out = out.with_columns(_sigma=(sq / pl.col("_n")).sqrt())
     x, n, s_, mu, sigma = pl.col("_rv"), pl.col("_n"), pl.col("_s"), pl.col("_mu"), pl.col("_sigma")
-    if cfg.mode in ("reference_in_group", "samples_only"):
+    if cfg.mode == "reference_in_group" or cfg.mode == "samples_only":  # == narrows for mypy
         adv, ref_adv = (x - mu) / (sigma + cfg.eps), (0.0 - mu) / (sigma + cfg.eps)
     elif cfg.mode == "leave_one_out":
         adv, ref_adv = x - (s_ - x) / (n - 1), -s_ / n
-    else:  # rank over the n+1 values, average ties, 0-based, mapped to [-1, 1]
+    elif cfg.mode == "rank":  # rank over the n+1 values, average ties, 0-based, mapped to [-1, 1]
         out = out.with_columns(
             _rank=x.rank("average").over(group) - 1 + pl.when(x > 0).then(1.0).when(x == 0).then(0.5).otherwise(0.0),
             _ref_rank=(x < 0).sum().over(group) + (x == 0).sum().over(group) / 2,
         )
         adv, ref_adv = 2 * pl.col("_rank") / n - 1, 2 * pl.col("_ref_rank") / n - 1
+    else:  # a mode the kernel knows (ADVANTAGE_MODES) needs a reference here too
+        unhandled(cfg.mode)
     degenerate = (n < cfg.min_valid) | (sigma < cfg.std_floor) | sigma.is_nan()
     return (
         out.with_columns(_deg=degenerate.fill_null(True))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from grao_pipe.enums import AdvantageMode, Overlong
 from grao_pipe.errors import ConfigError
 from grao_pipe.learner.objectives import DEFAULT, MOVED, OBJECTIVES, Configured
 from grao_pipe.sections import ByContent, Operational, Section
@@ -107,9 +108,7 @@ class GenerateConfig(Section):
 
 
 class AdvantageConfig(Section):
-    mode: Literal["reference_in_group", "samples_only", "leave_one_out", "rank"] = (
-        "reference_in_group"
-    )
+    mode: AdvantageMode = "reference_in_group"
     eps: float = Field(1e-6, ge=0)
     std_floor: float = Field(1e-6, ge=0)
     min_valid: int = Field(2, ge=1)
@@ -201,7 +200,7 @@ class TrainBase(Section):
 
     objective: str = DEFAULT
     max_seq_len: int | None = Field(None, gt=1, description="prompt + continuation tokens")
-    overlong: Literal["truncate", "skip"] = "truncate"
+    overlong: Overlong = "truncate"
     activation_checkpointing: bool = False
     # Gradient accumulation by token budget: each rank splits its groups of a step into
     # micro-batches of at most this many tokens (whole groups; 0: one micro-batch).

@@ -20,6 +20,10 @@
 //! finite, or when the mode is undefined for `n` (no samples; `leave_one_out` with one sample):
 //! then every advantage of the group, the reference's included, is 0.
 
+// The Python binding (`group_advantages`), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 use std::fmt;
 
 use crate::bitmap::{BitWriter, Bitmap};
@@ -33,21 +37,32 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const NAMES: [&'static str; 4] = [
-        "reference_in_group",
-        "samples_only",
-        "leave_one_out",
-        "rank",
+    /// Every mode. Python reads their names as `_native.ADVANTAGE_MODES`, which a test holds
+    /// equal to the config's `score.advantage.mode` choices (grao_pipe/enums.py).
+    pub const ALL: [Mode; 4] = [
+        Mode::ReferenceInGroup,
+        Mode::SamplesOnly,
+        Mode::LeaveOneOut,
+        Mode::Rank,
     ];
 
-    pub fn parse(name: &str) -> Option<Mode> {
-        match name {
-            "reference_in_group" => Some(Mode::ReferenceInGroup),
-            "samples_only" => Some(Mode::SamplesOnly),
-            "leave_one_out" => Some(Mode::LeaveOneOut),
-            "rank" => Some(Mode::Rank),
-            _ => None,
+    /// The mode's name in the config and in Python.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::ReferenceInGroup => "reference_in_group",
+            Mode::SamplesOnly => "samples_only",
+            Mode::LeaveOneOut => "leave_one_out",
+            Mode::Rank => "rank",
         }
+    }
+
+    /// The names of [`Mode::ALL`].
+    pub fn names() -> [&'static str; 4] {
+        Mode::ALL.map(Mode::name)
+    }
+
+    pub fn parse(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
     }
 
     /// Whether the reference's reward 0 is one of the values the statistics run over.
@@ -815,7 +830,9 @@ mod tests {
             .contains("std_floor"));
         assert_eq!(Mode::parse("rank"), Some(Mode::Rank));
         assert_eq!(Mode::parse("bogus"), None);
-        assert!(Mode::NAMES.iter().all(|m| Mode::parse(m).is_some()));
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.name()), Some(m));
+        }
     }
 
     // ---- Property tests against a deliberately plain reference implementation ----

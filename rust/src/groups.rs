@@ -3,6 +3,10 @@
 //! [`find_runs`] turns a column of ids into run offsets in one pass and rejects an id that
 //! comes back after a different id (the rows were not sorted by `group_id`).
 
+// The Python binding (group ids from Arrow columns), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};

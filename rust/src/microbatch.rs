@@ -17,6 +17,10 @@
 //! python/grao_pipe/learner/data.py, equal to them bit for bit (tests/unit/test_loader_native.py).
 //! Row width of the packed layout: see [`RowWidth`].
 
+// The Python binding (`MicroBatcher`, `fit_rows` and the typed micro-batch classes), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 use std::fmt;
 use std::ops::Range;
 
@@ -120,6 +124,29 @@ pub struct Span {
 pub enum Overlong {
     Truncate,
     Skip,
+}
+
+impl Overlong {
+    /// Both choices. Python reads their names as `_native.OVERLONG_MODES`, which a test holds
+    /// equal to the config's `train.overlong` choices (grao_pipe/enums.py).
+    pub const ALL: [Overlong; 2] = [Overlong::Truncate, Overlong::Skip];
+
+    /// The name in the config and in Python.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Overlong::Truncate => "truncate",
+            Overlong::Skip => "skip",
+        }
+    }
+
+    /// The names of [`Overlong::ALL`].
+    pub fn names() -> [&'static str; 2] {
+        Overlong::ALL.map(Overlong::name)
+    }
+
+    pub fn parse(name: &str) -> Option<Overlong> {
+        Overlong::ALL.into_iter().find(|o| o.name() == name)
+    }
 }
 
 /// `train.max_seq_len` and `train.overlong`.
@@ -553,8 +580,8 @@ pub struct Padded {
     pub sample_mask: Vec<f32>,
     /// [B] reference advantages.
     pub reference_advantage: Vec<f32>,
-    /// [N] 1 where the sequence has behaviour log-probs.
-    pub behaviour_known: Vec<f32>,
+    /// [N] true where the sequence has behaviour log-probs.
+    pub behaviour_known: Vec<bool>,
     /// [B] 1 where the group's reference fits; 1 where it has a usable rejected answer.
     pub reference_fits: Vec<f32>,
     pub rejected_mask: Vec<f32>,
@@ -609,10 +636,7 @@ fn write_padded(
             .iter()
             .map(|x| x.reference_advantage as f32)
             .collect(),
-        behaviour_known: seqs
-            .iter()
-            .map(|s| f32::from(u8::from(s.behaviour_known)))
-            .collect(),
+        behaviour_known: seqs.iter().map(|s| s.behaviour_known).collect(),
         reference_fits: groups
             .iter()
             .map(|x| f32::from(u8::from(x.reference_fits)))
@@ -1093,10 +1117,7 @@ mod tests {
                 .iter()
                 .map(|x| x.reference_advantage as f32)
                 .collect(),
-            behaviour_known: seqs
-                .iter()
-                .map(|s| if s.2.is_some() { 1.0 } else { 0.0 })
-                .collect(),
+            behaviour_known: seqs.iter().map(|s| s.2.is_some()).collect(),
             reference_fits: groups
                 .iter()
                 .map(|x| if x.reference_fits { 1.0 } else { 0.0 })
@@ -1335,7 +1356,7 @@ mod tests {
         assert_eq!(p.reference_advantage, vec![0.25, 0.0]);
         assert_eq!(p.real_tokens, 5 + 3 + 3 + 1 + 3 + 4);
         // Only sample 0 has behaviour log-probs; dummies and references never do.
-        assert_eq!(p.behaviour_known, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(p.behaviour_known, [true, false, false, false, false, false]);
         assert_eq!(
             (p.reference_fits, p.rejected_mask),
             (vec![1.0, 1.0], vec![0.0, 0.0])

@@ -5,6 +5,10 @@
 //! sit in an ordered set keyed by (remaining room, bin number), so each placement is
 //! O(log bins) and the whole packing O(n log n).
 
+// The Python binding (`pack_bfd`, `pack_groups_bfd`), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 use std::collections::BTreeSet;
 use std::fmt;
 

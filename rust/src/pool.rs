@@ -25,6 +25,10 @@ static F32: Mutex<Pool<f32>> = Mutex::new(Pool {
     free: Vec::new(),
     bytes: 0,
 });
+static BOOL: Mutex<Pool<bool>> = Mutex::new(Pool {
+    free: Vec::new(),
+    bytes: 0,
+});
 
 /// Element types with a pool.
 pub trait Pooled: Copy + Sized + 'static {
@@ -40,6 +44,14 @@ impl Pooled for i64 {
 impl Pooled for f32 {
     fn pool() -> &'static Mutex<Pool<f32>> {
         &F32
+    }
+}
+
+// A pooled buffer's old contents are never read (`with_capacity` clears it), so bytes a numpy
+// view wrote into a bool buffer never reach Rust as a `bool`.
+impl Pooled for bool {
+    fn pool() -> &'static Mutex<Pool<bool>> {
+        &BOOL
     }
 }
 

@@ -5,6 +5,10 @@
 //! integer (after whitespace) is the sum. The Python `score_one` is the specification; this is
 //! the same rule without a regex engine, one pass over each row's bytes.
 
+// The Python binding (`arith_rewards`), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 /// `s` without its leading whitespace (Unicode White_Space, as regex `\s`).
 fn skip_ws(s: &str) -> &str {
     s.trim_start_matches(char::is_whitespace)

@@ -6,6 +6,10 @@
 //! them identically was most of the score stage's time; copying the column chunks costs a
 //! `memcpy`. Only the footer is rewritten, with page offsets moved to where the chunks land.
 
+// The Python binding (`splice_parquet`), beside the kernel it binds.
+#[cfg(feature = "python")]
+pub(crate) mod py;
+
 use std::io::Write;
 use std::sync::Arc;
 

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grao_pipe import advantages
+from grao_pipe import _native, advantages
 from grao_pipe.config import AdvantageConfig
 
-MODES = ["reference_in_group", "samples_only", "leave_one_out", "rank"]
+MODES = _native.ADVANTAGE_MODES  # the config's choices too (test_native_schema.py)
 groups = st.lists(st.lists(st.one_of(st.sampled_from([-1.0, 0.0, 1.0]), st.none(), st.just(float("nan"))),
                            min_size=1, max_size=9), min_size=1, max_size=12)
 

@@ -111,11 +111,13 @@ def test_arrays_are_shared_not_copied(shards, tmp_path):
     paths, _ = shards
     store = GroupStore(paths, tmp_path)
     out = _native.MicroBatcher(store.tables).build(pa.array(store.index[:2].ravel()), pad_id=PAD, pack_tokens=16)
-    nd = out["micro_batches"][0]["packed"]["input_ids"]
+    packed = out.micro_batches[0].packed
+    assert packed is not None
+    nd = packed.input_ids_RT
     ids = torch.from_numpy(np.asarray(nd))
     assert ids.data_ptr() == nd.__array_interface__["data"][0] and ids.dtype == torch.int64
     ids[0, 0] = 12345  # writable, and the memory outlives every other reference to it
-    del out, nd
+    del out, packed, nd
     assert ids[0, 0] == 12345
 
 

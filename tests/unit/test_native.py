@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from grao_pipe import _native
 
-MODES = ["reference_in_group", "samples_only", "leave_one_out", "rank"]
+MODES = _native.ADVANTAGE_MODES  # the config's choices too (test_native_schema.py)
 EPS = 1e-6
 
 

@@ -20,16 +20,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from grao_pipe.enums import Overlong
 from grao_pipe.errors import DataError
 from grao_pipe.schemas import tmp_name
 from grao_pipe.storage.shards import read_shard
+
+if TYPE_CHECKING:
+    from grao_pipe import _native
 
 COLUMNS = ["group_id", "prompt_token_ids", "reference_token_ids", "response_token_ids", "reward",
            "advantage", "reference_advantage", "keep", "behaviour_logprobs", "ref_logprobs",
@@ -87,7 +91,7 @@ class GroupStore:
     """
 
     def __init__(self, shards: list[tuple[Path, str]], cache_dir: Path, max_seq_len: int | None = None,
-                 overlong: str = "truncate", rejected: bool = False):
+                 overlong: Overlong = "truncate", rejected: bool = False):
         from grao_pipe import _native
 
         self.max_seq_len, self.overlong, self.rejected = max_seq_len, overlong, rejected
@@ -175,10 +179,10 @@ class GroupStore:
         _, first = np.unique(ks, return_index=True)
         with self._lock:  # LoadStats count each group once, not once per epoch
             new = first[~self._seen[ks[first]]]
-            self.stats.truncated += int(np.asarray(out["truncated"])[new].sum())
-            self.stats.skipped += int(np.asarray(out["skipped"])[new].sum())
+            self.stats.truncated += int(np.asarray(out.truncated_S)[new].sum())
+            self.stats.skipped += int(np.asarray(out.skipped_S)[new].sum())
             self._seen[ks] = True
-        return [_micro_batch(d) for d in out["micro_batches"]]
+        return [_micro_batch(mb) for mb in out.micro_batches]
 
 
 def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
@@ -245,7 +249,7 @@ def micro_batches(groups: list[Group], budget: int) -> list[list[Group]]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by field name only (_micro_batch, collate)
 class Batch:
     input_ids_NT: torch.Tensor
     attention_mask_NT: torch.Tensor
@@ -310,12 +314,14 @@ def collate(groups: list[Group], pad_id: int) -> Batch:
     known = torch.tensor([beh is not None for _, _, beh, _ in seqs])
     fits = torch.tensor([float(x.reference_fits) for x in groups])
     rejected = torch.tensor([float(bool(x.rejected)) for x in groups])
-    return Batch(ids, attn, loss_mask, behaviour, ref, adv_BG, reward_BG,
-                 torch.tensor([x.reference_advantage for x in groups]), mask_BG, b * g, real, n * t,
-                 known, fits, rejected)
+    return Batch(input_ids_NT=ids, attention_mask_NT=attn, loss_mask_NT=loss_mask, behaviour_NT=behaviour,
+                 ref_NT=ref, adv_BG=adv_BG, reward_BG=reward_BG,
+                 ref_adv_B=torch.tensor([x.reference_advantage for x in groups]), mask_BG=mask_BG,
+                 n_samples=b * g, real_tokens=real, padded_tokens=n * t, behaviour_known_N=known,
+                 reference_fits_B=fits, rejected_mask_B=rejected)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by field name only (_micro_batch, pack)
 class Packed:
     """Sequences of a Batch packed into rows of ``budget`` tokens (best-fit decreasing, Rust).
 
@@ -376,8 +382,9 @@ def pack(batch: Batch, budget: int, pad_id: int) -> Packed:
     for row, used in enumerate(fill):  # row padding: its own segment, restarting positions
         pos[row, used:] = torch.arange(budget - used)
     t = torch.tensor
-    return Packed(ids, pos, seg, t(src_row, dtype=torch.long), t(src_col, dtype=torch.long),
-                  t(dst_seq, dtype=torch.long), t(dst_pos, dtype=torch.long), int(sum(fill)), n_rows * budget)
+    return Packed(input_ids_RT=ids, position_ids_RT=pos, segment_RT=seg, src_row=t(src_row, dtype=torch.long),
+                  src_col=t(src_col, dtype=torch.long), dst_seq=t(dst_seq, dtype=torch.long),
+                  dst_pos=t(dst_pos, dtype=torch.long), real_tokens=int(sum(fill)), padded_tokens=n_rows * budget)
 
 
 
@@ -391,18 +398,27 @@ def _tensor(x: object) -> torch.Tensor:
     return torch.from_numpy(np.asarray(x))
 
 
-def _micro_batch(d: dict) -> MicroBatch:
-    t = {k: _tensor(v) for k, v in d.items() if k != "packed" and not isinstance(v, int)}
-    batch = Batch(t["input_ids"], t["attention_mask"], t["loss_mask"], t["behaviour"], t["reference"],
-                  t["advantage"], t["reward"], t["reference_advantage"], t["sample_mask"], d["n_samples"],
-                  d["real_tokens"], d["padded_tokens"], t["behaviour_known"] > 0, t["reference_fits"],
-                  t["rejected_mask"])
-    p = d["packed"]
+def _micro_batch(arrays: _native.MicroBatchArrays) -> MicroBatch:
+    """The kernel's micro-batch as tensors sharing its memory, field by field by name (the
+    names, dtypes and dims: ``_native.MICRO_BATCH_SCHEMA``, tests/unit/test_native_schema.py)."""
+    d, p = arrays.padded, arrays.packed
+    batch = Batch(
+        input_ids_NT=_tensor(d.input_ids_NT), attention_mask_NT=_tensor(d.attention_mask_NT),
+        loss_mask_NT=_tensor(d.loss_mask_NT), behaviour_NT=_tensor(d.behaviour_NT), ref_NT=_tensor(d.ref_NT),
+        adv_BG=_tensor(d.adv_BG), reward_BG=_tensor(d.reward_BG), ref_adv_B=_tensor(d.ref_adv_B),
+        mask_BG=_tensor(d.mask_BG), n_samples=d.n_samples, real_tokens=d.real_tokens,
+        padded_tokens=d.padded_tokens, behaviour_known_N=_tensor(d.behaviour_known_N),
+        reference_fits_B=_tensor(d.reference_fits_B), rejected_mask_B=_tensor(d.rejected_mask_B),
+    )
     if p is None:
         return MicroBatch(batch, None)
-    pt = {k: _tensor(v) for k, v in p.items() if not isinstance(v, int)}
-    return MicroBatch(batch, Packed(pt["input_ids"], pt["position_ids"], pt["segment"], pt["src_row"], pt["src_col"],
-                                    pt["dst_seq"], pt["dst_pos"], p["real_tokens"], p["padded_tokens"]))
+    packed = Packed(
+        input_ids_RT=_tensor(p.input_ids_RT), position_ids_RT=_tensor(p.position_ids_RT),
+        segment_RT=_tensor(p.segment_RT), src_row=_tensor(p.src_row_K), src_col=_tensor(p.src_col_K),
+        dst_seq=_tensor(p.dst_seq_K), dst_pos=_tensor(p.dst_pos_K), real_tokens=p.real_tokens,
+        padded_tokens=p.padded_tokens,
+    )
+    return MicroBatch(batch, packed)
 
 
 def epoch_order(n_groups: int, seed: int, epoch: int) -> torch.Tensor:
