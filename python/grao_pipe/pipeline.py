@@ -106,7 +106,8 @@ class Pipeline:
         m = train.require(consumer)
         if not m.shards:
             raise DataError(f"{train.dir.display}: the train manifest lists no model; re-run train with --force")
-        return Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+        entry = m.shards[0]
+        return Policy(entry.sha256, lambda: train.dir.verified_model(entry, f"round {trained_round}"))
 
     # ---- stages ----
 

@@ -63,3 +63,32 @@ def test_the_learner_rebuilds_a_cache_file_that_lost_its_seal(scored, tmp_path):
     ipc.write_bytes(b"")
     store = GroupStore(scored, tmp_path)
     assert [a for k in range(len(store)) for a in store.group(k).advantages] == _expected_advantages(scored)
+
+
+@pytest.fixture
+def trained(tiny_config):
+    cfg = load_config(tiny_config())
+    for stage in ("generate", "score", "train"):
+        run_stage(stage, cfg)
+    return cfg
+
+
+def test_a_poisoned_export_is_refused_before_a_round_uses_it(trained):
+    """model.safetensors changed after round 1's manifest: round 2 must not sample from it, and
+    ``datasets verify`` reports it (it skipped entries named ``model``)."""
+    from grao_pipe.errors import DataError
+    from grao_pipe.pipeline import Pipeline
+
+    train_dir = Pipeline(trained).target("train", 1).dir
+    assert train_dir.verify() == []
+    assert (Pipeline(trained).policy(2).local_dir() / "config.json").is_file()
+    weights = train_dir.path / "model" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-8:] = b"\x7f" * 8  # the last weights: still a loadable file, other numbers
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"model: its files do not hash to the digest its manifest records.*--force"):
+        Pipeline(trained).policy(2).local_dir()
+    assert any("model" in p and "digest" in p for p in train_dir.verify())
+    (train_dir.path / "model" / "config.json").write_text("{")
+    with pytest.raises(DataError, match=r"model"):
+        Pipeline(trained).policy(2).local_dir()

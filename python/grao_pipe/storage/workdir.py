@@ -149,6 +149,24 @@ class StageDir:
             self._mirror.ensure_local(path)
         return path
 
+    def verified_model(self, entry: ShardEntry, what: str = "") -> Path:
+        """The trained export ``entry`` names (``model/``), local, its files hashed against the
+        digest the manifest records: a changed or damaged export is refused, never used."""
+        from grao_pipe.models import policy_digest
+
+        path = self.local_path(entry.name)
+        where = self.workdir.display(path)
+        redo = (f"re-run train{f' ({what})' if what else ''} with --force to export it again, or restore "
+                f"the directory from a copy")
+        try:
+            found = policy_digest(path)
+        except (InputError, OSError) as e:
+            raise DataError(f"{where}: the trained export is damaged ({e}); {redo}") from None
+        if found != entry.sha256:
+            raise DataError(f"{where}: its files do not hash to the digest its manifest records "
+                            f"({found[:12]} != {entry.sha256[:12]}: modified or corrupt); {redo}")
+        return path
+
     def open_shard(self, entry: ShardEntry, stage: str) -> shards.ShardFile:
         """A shard listed in this directory's manifest, its bytes checked (checksum, row count);
         decoded on demand (``ShardFile.read``)."""
@@ -300,9 +318,11 @@ class StageDir:
         remote = self._mirror.files(self.path) if self._mirror is not None else None
         for s in m.shards:
             try:
-                if remote is not None:
+                if s.name == "model" and m.stage == "train":  # a directory: its files' digest
+                    self.verified_model(s)
+                elif remote is not None:
                     self._verify_remote(s, m.stage, remote)
-                elif s.name != "model":
+                else:
                     self.read_shard(s, m.stage)
             except DataError as e:
                 problems.append(str(e))
