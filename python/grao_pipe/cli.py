@@ -208,12 +208,19 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
     def go() -> None:
         from rich.table import Table
 
-        from grao_pipe.datasets import versions
+        from grao_pipe.datasets import manifests
+        from grao_pipe.errors import DataError
 
         table = Table()
         for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
             table.add_column(col)
-        for d, m in versions(_workdir(config_path, workdir)):
+        for d, m in manifests(_workdir(config_path, workdir)):
+            if isinstance(m, DataError):  # one damaged dataset: shown, the others still listed
+                table.add_row(d.path.parent.name, d.name, "-", "corrupt", "-", "-", "-")
+                console.print(f"warning: {m}", markup=False, highlight=False)
+                continue
+            if m is None:
+                continue
             inputs = m.inputs
             table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.rows), m.created_at,
                           str((inputs.get("prompts") or {}).get("sha256", "-"))[:12], str(inputs.get("model", "-"))[:12])

@@ -135,12 +135,14 @@ class Pipeline:
     def _status(self, stage: str, round_: int) -> StageStatus:
         try:
             target = self.target(stage, round_)
+            m = target.manifest()
+        except DataError as e:  # one damaged output: shown as such, the others still listed
+            return StageStatus(round_, stage, "corrupt", None, str(e))
         except StageNotReady:
             others = self._finished_versions(stage, round_, None)
             if others:
                 return StageStatus(round_, stage, "stale", None, f"older version(s) {', '.join(others)}; inputs not ready")
             return StageStatus(round_, stage, "waiting", None, "its input stage has not finished")
-        m = target.manifest()
         key = target.key[:16]
         if m is not None:
             return StageStatus(round_, stage, "done", key, f"{STAGES[stage].size(m)}, {m.created_at}")

@@ -92,3 +92,64 @@ def test_a_poisoned_export_is_refused_before_a_round_uses_it(trained):
     (train_dir.path / "model" / "config.json").write_text("{")
     with pytest.raises(DataError, match=r"model"):
         Pipeline(trained).policy(2).local_dir()
+
+
+def _generated(cfg):
+    from grao_pipe.pipeline import Pipeline
+
+    run_stage("generate", cfg)
+    return Pipeline(cfg).target("generate", 1).dir.path
+
+
+def _edit(path, fn):
+    import json
+
+    m = json.loads(path.read_text())
+    fn(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: (m["shards"].append(m["shards"][0]), m.update(rows=m["rows"] + m["shards"][0]["rows"])),
+     r"listed twice"),
+    (lambda m: (m.update(rows=m["rows"] - m["shards"][1]["rows"]), m["shards"].pop(1)),
+     r"shard-00001-of-00002.parquet.*not listed in its manifest"),
+    (lambda m: m.update(stage="train", stats={}), r"says stage 'train'.*holds generate"),
+    (lambda m: m.update(key="0" * 64), r"says key 000000000000.*--force"),
+])
+def test_a_manifest_that_disagrees_with_its_directory_is_refused(tiny_config, edit, message):
+    """Rows listed twice, a shard on disk but not in the manifest (train would see half the
+    data), another stage's or another key's manifest: refused when read, never used."""
+    from grao_pipe.errors import DataError
+
+    cfg = load_config(tiny_config())
+    d = _generated(cfg)
+    _edit(d / "_manifest.json", edit)
+    with pytest.raises(DataError, match=message):
+        run_stage("score", cfg)
+    with pytest.raises(DataError, match=message):
+        run_stage("generate", cfg)  # the cached output is checked too, not returned as done
+
+
+def test_a_resumed_run_adopts_neither_a_foreign_nor_a_page_corrupt_shard(tiny_config):
+    """A crash before the manifest: the next run lists what was committed. A shard copied in
+    from another version (another key), or one whose pages fail their checksums, is written
+    again, not blessed into the new manifest."""
+    import shutil
+
+    from grao_pipe.storage.shards import file_sha256
+
+    cfg = load_config(tiny_config())
+    other = load_config(tiny_config(generate={"seed": 7}))
+    d, foreign = _generated(cfg), _generated(other)
+    good = {p.name: file_sha256(p) for p in d.glob("shard-*.parquet")}
+    for name in ("_manifest.json", "_SUCCESS"):
+        (d / name).unlink()
+    shutil.copy(foreign / "shard-00000-of-00002.parquet", d / "shard-00000-of-00002.parquet")
+    torn = d / "shard-00001-of-00002.parquet"
+    raw = bytearray(torn.read_bytes())
+    raw[200:260] = b"\x00" * 60  # a data page, the footer intact
+    torn.write_bytes(bytes(raw))
+    out = run_stage("generate", cfg)
+    assert {s.name: s.sha256 for s in out.manifest.shards} == good
+    assert out.target.dir.verify() == []

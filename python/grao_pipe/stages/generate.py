@@ -114,7 +114,7 @@ class Generate(Stage):
         per = gc.shard_prompts
         n_shards = math.ceil(len(prompts) / per)
         names = [shard_name(i, n_shards) for i in range(n_shards)]
-        todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]
+        todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.adoptable(names[i], "generate")]
         if todo:
             policy = p.policy(target.round)
             model_dir = policy.local_dir()

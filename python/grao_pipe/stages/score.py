@@ -204,7 +204,7 @@ class Score(Stage):
 
             ref_model = ReferenceModel(p.reference_policy().local_dir())
         def one(shard: ShardEntry) -> ShardEntry:
-            if target.dir.is_committed(shard.name, "score"):  # resume after a crash: keep what was committed
+            if target.dir.adoptable(shard.name, "score"):  # resume after a crash: keep what was committed
                 entry = target.dir.committed_entry(shard.name, META_STATS)
                 if entry.stats is None:  # written without its stats (an older release): count them
                     committed = target.dir.read_shard(entry, "score")
