@@ -161,6 +161,9 @@ class FunctionScorer(_Section):
     name: str = "score"
     weight: float = 1.0
     function: str = "grao_pipe.tasks.arith:score"
+    # The module's file is hashed into the rewards' key; code it imports from elsewhere is not:
+    # bump this when such code changes what the function returns.
+    version: str | None = None
 
 
 class JudgeScorer(_Section):

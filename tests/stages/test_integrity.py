@@ -153,3 +153,53 @@ def test_a_resumed_run_adopts_neither_a_foreign_nor_a_page_corrupt_shard(tiny_co
     out = run_stage("generate", cfg)
     assert {s.name: s.sha256 for s in out.manifest.shards} == good
     assert out.target.dir.verify() == []
+
+
+def _scorer_module(path, body):
+    path.write_text(f"def score(prompt, response, reference):\n    return {body}\n")
+
+
+def test_rewards_are_keyed_by_the_scorer_code(tiny_config, tmp_path, monkeypatch):
+    """Editing a function scorer's module changes its rewards' key (and score's, train's): the
+    old rewards are never reused for new code. ``version`` changes it too."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _scorer_module(tmp_path / "myscore.py", "1.0 if len(response) % 2 else -1.0")
+    scorer = {"kind": "function", "name": "mine", "function": "myscore:score"}
+    cfg = load_config(tiny_config(score={"scorers": [scorer]}))
+    run_stage("generate", cfg)
+    first = run_stage("score", cfg)
+    _scorer_module(tmp_path / "myscore.py", "-1.0 if len(response) % 2 else 1.0")
+    sys.modules.pop("myscore", None)
+    importlib.invalidate_caches()
+    second = run_stage("score", cfg)
+    assert second.target.key != first.target.key
+    assert second.manifest.stats.scorer_shards_computed == {"mine": 2}
+    assert second.manifest.stats.reward_sum == pytest.approx(-first.manifest.stats.reward_sum)
+    bumped = load_config(tiny_config(score={"scorers": [{**scorer, "version": "2"}]}))
+    assert run_stage("score", bumped).target.key != second.target.key
+
+
+def test_score_force_recomputes_rewards_and_a_corrupt_reward_file_is_recomputed(tiny_config):
+    import counting_scorer
+
+    from grao_pipe.pipeline import Pipeline
+
+    counting = {"kind": "function", "name": "count", "function": "counting_scorer:score"}
+    cfg = load_config(tiny_config(score={"scorers": [counting]}))
+    run_stage("generate", cfg)
+    counting_scorer.CALLS["n"] = 0
+    run_stage("score", cfg)
+    assert counting_scorer.CALLS["n"] == 48
+    forced = run_stage("score", cfg, force=True)
+    assert counting_scorer.CALLS["n"] == 96 and forced.manifest.stats.scorer_shards_computed == {"count": 2}
+    # A raw-reward file whose pages are damaged (footer intact): recomputed, not a dead end.
+    rewards = Pipeline(cfg).workdir.root / "rewards"
+    (f, *_) = sorted(rewards.glob("*/*/shard-*.parquet"))
+    raw = bytearray(f.read_bytes())
+    raw[4:40] = b"\x00" * 36
+    f.write_bytes(bytes(raw))
+    out = run_stage("score", load_config(tiny_config(score={"scorers": [counting], "advantage": {"mode": "rank"}})))
+    assert out.manifest.stats.scorer_shards_computed == {"count": 1}

@@ -133,10 +133,16 @@ class Stage(ABC):
     def run(self, p: Pipeline, round_: int = 1, force: bool = False, part: Part = WHOLE) -> Outcome:
         target = p.target(self.name, round_)
         with target.dir.lock(f"{self.name} (round {round_})", self.lock_suffix(p, part), wait=p.wait_for_locks):
+            if force and self.may_wipe(p, part):
+                self.forget(p, target)
             cached = target.check(target.dir.prepare(force and self.may_wipe(p, part)))
             if cached is not None:
                 return Outcome(target, True, cached)
             return self.execute(p, target, part)
+
+    def forget(self, p: Pipeline, target: Target) -> None:
+        """With ``--force``: drop derived caches besides the output (score: raw rewards)."""
+        return None
 
     def summary(self, o: Outcome) -> list[str]:
         """Lines the CLI prints after the stage ran (besides done/cached)."""
