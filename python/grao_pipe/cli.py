@@ -6,7 +6,10 @@ One verb per stage of the registry (``grao_pipe.stages.STAGES``), plus ``run``, 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +20,7 @@ import click
 from rich.console import Console
 
 from grao_pipe import __version__
-from grao_pipe.errors import FULL_ERRNOS, GraoError, storage_full
+from grao_pipe.errors import FULL_ERRNOS, ConfigError, GraoError, InputError, storage_full
 
 if TYPE_CHECKING:
     from grao_pipe.pipeline import Pipeline
@@ -45,19 +48,56 @@ def _pipeline(config_path: str | None, overrides: tuple[str, ...]) -> Pipeline:
     return Pipeline(load_config(config_path, overrides), wait_for_locks=click.get_current_context().find_root().params["wait"])
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP (a scheduler's timeout, a closed terminal), raised in the main thread
+    so that the stage unwinds as on Ctrl-C: the learner is killed with its launcher."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def _guard(fn: Callable[[], Any]) -> None:
+    """Every failure as one ``error:`` line and its exit code (docs/operations.md)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         fn()
     except GraoError as e:
         _fail(e)
     except OSError as e:  # a full disk outside the store's commit points (logs, caches, exports)
-        if e.errno not in FULL_ERRNOS:
-            raise
-        _fail(storage_full(e, e.filename or "an output file"))
+        if e.errno in FULL_ERRNOS:
+            _fail(storage_full(e, e.filename or "an output file"))
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            _fail(InputError(f"{e.filename or 'a file'}: {os.strerror(e.errno)}; grao-pipe needs to write "
+                             "there (the workdir, its lock files): check the permissions or the mount"))
+        _internal(e)
     except KeyboardInterrupt:
         console.print("interrupted: every shard committed so far is kept; run the same command again "
                       "to resume", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    except _Terminated as t:
+        name = signal.Signals(t.signum).name
+        console.print(f"terminated by {name}: every shard committed so far is kept; run the same command "
+                      "again to resume", highlight=False)
+        sys.exit(128 + t.signum)
+    except Exception as e:  # a bug: still one line (the traceback with GRAO_PIPE_DEBUG=1)
+        _internal(e)
+
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a failure grao-pipe has no error class for, i.e. a bug
+
+
+def _internal(e: BaseException) -> None:
+    if os.environ.get("GRAO_PIPE_DEBUG"):
+        raise e
+    console.print(f"[red]error:[/red] internal error {type(e).__name__}: {e}; this is a bug in grao-pipe: "
+                  "re-run with GRAO_PIPE_DEBUG=1 for the traceback and report it", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def _fail(e: GraoError) -> None:
@@ -93,6 +133,11 @@ def _stage_command(stage: Stage) -> None:
         k_n = _parse_part(part)
 
         def go() -> None:
+            if round_ is not None and round_ < 1:
+                raise ConfigError(f"--round {round_}: rounds are numbered from 1 (to run.rounds)")
+            if json_out and not Path(json_out).resolve().parent.is_dir():
+                raise ConfigError(f"--json-out {json_out}: folder {Path(json_out).resolve().parent} does not "
+                                  "exist; create it, or write elsewhere")
             p = _pipeline(config_path, overrides)
             # eval defaults to the model of the last round; every other stage to round 1.
             r = round_ or (p.cfg.run.rounds if stage.name == "eval" else 1)

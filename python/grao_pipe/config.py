@@ -37,7 +37,9 @@ ByContent = Annotated[T, Unkeyed("content")]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/NaN (YAML's .inf, .nan) are refused at load: they pass every bound (lr > 0) and end
+    # as a learner failure much later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @classmethod
     def unkeyed_fields(cls) -> dict[str, str]:
@@ -368,7 +370,10 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError:  # not YAML ('*.jsonl', '@nightly'): the text itself; a typed key says what it expects
+        node[parts[-1]] = raw
 
 
 _SCORER_KINDS = ("function", "judge", "reward_model")

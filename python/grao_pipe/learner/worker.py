@@ -37,6 +37,7 @@ def _record_failure(spec: LearnerSpec, e: BaseException) -> None:
     spec.errors_dir.mkdir(parents=True, exist_ok=True)
     (spec.errors_dir / f"rank-{rank}.json").write_text(json.dumps({
         "rank": rank, "type": type(e).__name__, "message": str(e),
+        "errno": e.errno if isinstance(e, OSError) else None,
         "traceback": "".join(traceback.format_exception(e)),
     }))
 

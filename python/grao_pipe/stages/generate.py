@@ -23,7 +23,7 @@ from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import GenerateManifest, GenerateShardStats, GenerateStats, ShardEntry
-from grao_pipe.prompts import Prompt, group_id
+from grao_pipe.prompts import Prompt, check_prompt_file, group_id
 from grao_pipe.schemas import (
     GENERATE_SCHEMA,
     META_PROMPTS_SKIPPED,
@@ -101,7 +101,7 @@ class Generate(Stage):
 
     def target(self, p: Pipeline, round_: int) -> Target:
         cfg = p.cfg
-        prompts = {"sha256": content_sha256(p.input(cfg.data.prompts)), **keyed(cfg.data)}
+        prompts = {"sha256": content_sha256(check_prompt_file(p.input(cfg.data.prompts))), **keyed(cfg.data)}
         section = {"generate": keyed(cfg.generate), "trust_remote_code": cfg.model.trust_remote_code}
         return self.make_target(p, round_, section, {"prompts": prompts, "model": p.policy(round_).digest})
 

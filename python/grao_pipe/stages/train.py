@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grao_pipe.config import TrainConfig, keyed
-from grao_pipe.errors import ConfigError, InputError, StageFailed
+from grao_pipe.errors import FULL_ERRNOS, ConfigError, InputError, StageFailed, StorageFull
 from grao_pipe.extras import require
 from grao_pipe.faults import kill_point
 from grao_pipe.hashing import digest
@@ -95,9 +95,16 @@ def _die_with_parent() -> None:
 def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
     """The first failing rank's exception, else the log's last line (e.g. a rank killed by the OS)."""
     errors = sorted(spec.errors_dir.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    if errors:
-        e = json.loads(errors[0].read_text())
-        return f"rank {e['rank']}: {e['type']}: {e['message']}"
+    for path in errors:
+        try:  # a report cut short (the disk filled while it was written) is skipped, not parsed
+            e = json.loads(path.read_text(errors="replace"))
+            where = f"rank {e['rank']}: {e['type']}: {e['message']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if e.get("errno") in FULL_ERRNOS:  # the disk filled under the learner: 74, not "retry"
+            raise StorageFull(f"train: the learner could not write ({where}); free space and re-run "
+                              "train, which resumes from its last checkpoint")
+        return where
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
     return f"the learner exited without an error report ({lines[-1].strip() if lines else 'empty log'})"
 

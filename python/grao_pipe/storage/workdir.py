@@ -17,6 +17,7 @@ Layout of a stage directory (readable by pyarrow.dataset, polars, DuckDB, Spark 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -329,8 +330,19 @@ class StageDir:
         The kernel drops the lock when its holder dies, so a crash never leaves it stuck. Locks
         are local: with a remote workdir, exclusion across machines is the scheduler's job.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / f"{self.path.name}{suffix}.lock", "a+") as f:
+        lock_path = self.path.parent / f"{self.path.name}{suffix}.lock"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(lock_path, "a+")  # noqa: SIM115 - closed below, after the body
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if self.has_manifest():  # a finished output in a read-only workdir: read, nothing written
+                yield
+                return
+            raise InputError(f"{lock_path}: cannot create the lock file ({os.strerror(e.errno)}); the workdir "
+                             "must be writable to run a stage that is not finished") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
