@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from grao_pipe import __version__
 from grao_pipe.errors import FULL_ERRNOS, ConfigError, GraoError, InputError, storage_full
@@ -95,13 +96,14 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE: a failure grao-pipe has no error class for, i
 def _internal(e: BaseException) -> None:
     if os.environ.get("GRAO_PIPE_DEBUG"):
         raise e
-    console.print(f"[red]error:[/red] internal error {type(e).__name__}: {e}; this is a bug in grao-pipe: "
+    console.print(f"[red]error:[/red] internal error {type(e).__name__}: {escape(str(e))}; this is a bug in grao-pipe: "
                   "re-run with GRAO_PIPE_DEBUG=1 for the traceback and report it", highlight=False, soft_wrap=True)
     sys.exit(EXIT_INTERNAL)
 
 
 def _fail(e: GraoError) -> None:
-    console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    # The message is text, not markup: 'score.scorers[b]' must not turn bold and vanish.
+    console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 

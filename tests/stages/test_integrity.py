@@ -66,10 +66,15 @@ def test_the_learner_rebuilds_a_cache_file_that_lost_its_seal(scored, tmp_path):
 
 
 @pytest.fixture
-def trained(tiny_config):
+def trained(tiny_config, tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_tmp))  # what torchrun would use
     cfg = load_config(tiny_config())
     for stage in ("generate", "score", "train"):
         run_stage(stage, cfg)
+    # torchrun's logs and temporaries went under the stage directory, and were removed with it.
+    assert list(system_tmp.iterdir()) == []
     return cfg
 
 
@@ -203,3 +208,19 @@ def test_score_force_recomputes_rewards_and_a_corrupt_reward_file_is_recomputed(
     f.write_bytes(bytes(raw))
     out = run_stage("score", load_config(tiny_config(score={"scorers": [counting], "advantage": {"mode": "rank"}})))
     assert out.manifest.stats.scorer_shards_computed == {"count": 1}
+
+
+def test_token_ids_beyond_the_vocabulary_are_a_data_error_before_the_learner(scored, tmp_path):
+    from grao_pipe.errors import DataError
+    from grao_pipe.storage.shards import write_shard
+
+    path, _ = scored[0]
+    table = pq.read_table(path)
+    ids = table["response_token_ids"].to_pylist()
+    ids[0] = [5, 1_000_000]
+    table = table.set_column(table.column_names.index("response_token_ids"), "response_token_ids",
+                             pa.array(ids, table.schema.field("response_token_ids").type))
+    bad = tmp_path / "shard-00000-of-00001.parquet"
+    entry = write_shard(bad, table.replace_schema_metadata(None), "score")
+    with pytest.raises(DataError, match=r"response_token_ids holds token id 1000000, outside the policy's vocabulary of 512"):
+        prepare_cache([(bad, entry["sha256"])], tmp_path / "cache", vocab_size=512)

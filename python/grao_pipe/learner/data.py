@@ -237,7 +237,7 @@ def _convert(ipc: Path, path: Path, sha: str) -> pa.Table:
     return table
 
 
-def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path) -> int:
+def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path, vocab_size: int | None = None) -> int:
     """Convert every score shard for the learner (in the train stage's process, before torchrun
     starts: a corrupt shard is a data error there, not a learner failure); the number of groups
     with kept rows. A file already there is used only if it hashes to its seal; anything else
@@ -256,9 +256,25 @@ def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path) -> int:
             table = _convert(ipc, path, sha)
         if table.num_rows:
             _check_prompts(table, path)
+            if vocab_size is not None:
+                _check_vocab(table, path, vocab_size)
             ids = table["group_id"]
             groups += 1 + (pc.sum(pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))).as_py() or 0)
     return groups
+
+
+def _check_vocab(table: pa.Table, path: Path, vocab_size: int) -> None:
+    """Token ids the policy's embedding has (else every rank fails on an index error)."""
+    for col in ("prompt_token_ids", "response_token_ids", "reference_token_ids", "reference_rejected_token_ids"):
+        if col not in table.column_names:
+            continue
+        values = pc.list_flatten(table[col])
+        top, low = pc.max(values).as_py(), pc.min(values).as_py()
+        if top is not None and (top >= vocab_size or low < 0):
+            bad = top if top >= vocab_size else low
+            raise DataError(f"{path}: column {col} holds token id {bad}, outside the policy's vocabulary of "
+                            f"{vocab_size}; the shard was tokenized for another model: re-run generate for this "
+                            "model (or point model.path at the one that generated it)")
 
 
 def _check_prompts(table: pa.RecordBatch | pa.Table, path: Path) -> None:

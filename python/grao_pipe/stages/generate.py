@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from grao_pipe.config import keyed
+from grao_pipe.errors import ConfigError
 from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.hashing import digest
@@ -119,6 +120,9 @@ class Generate(Stage):
             policy = p.policy(target.round)
             model_dir = policy.local_dir()
             tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
+            if gc.max_new_tokens >= tok.context:  # no prompt token would fit: 0 samples, then train fails
+                raise ConfigError(f"generate.max_new_tokens={gc.max_new_tokens} leaves no room for a prompt in the "
+                                  f"model's context of {tok.context} tokens; lower it below {tok.context}")
             sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)
             columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                        TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))

@@ -133,7 +133,7 @@ class StageDir:
         with separators, ``..``) and a symlink are refused, so nothing outside a dataset is read.
         """
         where = self.workdir.display(self.path / MANIFEST_NAME)
-        if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or Path(name).is_absolute():
             raise DataError(f"{where}: shard name {name!r} points outside the dataset; refusing it")
         path = self.path / name
         if path.is_symlink():
