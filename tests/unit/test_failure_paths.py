@@ -21,9 +21,9 @@ def test_a_read_only_workdir_runs_what_is_finished_and_names_the_lock_otherwise(
     d = Workdir(tmp_path).stage_dir("generate", "ab" * 32)
     d.path.mkdir(parents=True)
     _read_only(monkeypatch)
-    with pytest.raises(InputError, match=r"\.lock: cannot create the lock file \(Read-only file system\)"):
-        with d.lock("generate"):
-            pass
+    with pytest.raises(InputError, match=r"\.lock: cannot create the lock file \(Read-only file system\)"), \
+            d.lock("generate"):
+        pass
     (d.path / "_manifest.json").write_text("{}")
     with d.lock("generate"):  # finished: nothing will be written, no lock needed
         pass
