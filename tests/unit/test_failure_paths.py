@@ -44,3 +44,19 @@ def test_a_learner_report_cut_short_is_skipped_and_a_full_disk_is_74(tmp_path):
                                                     "message": "[Errno 28] No space left on device"}))
     with pytest.raises(StorageFull, match=r"rank 1: OSError: \[Errno 28\]"):
         _root_cause(spec, log)
+
+
+def test_a_full_disk_while_building_the_tiny_model_is_74_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from transformers import Qwen2ForCausalLM
+
+    from grao_pipe.config import TinyModelConfig
+    from grao_pipe.models.tiny import build_tiny_model
+
+    def full(self, *a, **k):
+        raise RuntimeError("safetensors: write failed") from OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "save_pretrained", full)
+    with pytest.raises(StorageFull, match=r"cannot write the tiny model"):
+        build_tiny_model(TinyModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1), ["1+1=2"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
