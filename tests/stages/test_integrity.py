@@ -224,3 +224,18 @@ def test_token_ids_beyond_the_vocabulary_are_a_data_error_before_the_learner(sco
     entry = write_shard(bad, table.replace_schema_metadata(None), "score")
     with pytest.raises(DataError, match=r"response_token_ids holds token id 1000000, outside the policy's vocabulary of 512"):
         prepare_cache([(bad, entry["sha256"])], tmp_path / "cache", vocab_size=512)
+
+
+def test_status_and_datasets_list_show_one_corrupt_output_and_go_on(tiny_config):
+    from grao_pipe.datasets import manifests
+    from grao_pipe.errors import DataError
+    from grao_pipe.pipeline import Pipeline
+
+    cfg = load_config(tiny_config())
+    d = _generated(cfg)
+    (d / "_manifest.json").write_text("{")
+    rows = Pipeline(cfg).status()
+    assert [(r.stage, r.state) for r in rows[:2]] == [("generate", "corrupt"), ("score", "corrupt")]
+    assert "malformed manifest" in rows[0].detail and len(rows) == 3  # every stage of the round, no exception
+    listed = manifests(Pipeline(cfg).workdir)
+    assert len(listed) == 1 and isinstance(listed[0][1], DataError)
