@@ -6,7 +6,10 @@ One verb per stage of the registry (``grao_pipe.stages.STAGES``), plus ``run``, 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -15,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from grao_pipe import __version__
-from grao_pipe.errors import FULL_ERRNOS, GraoError, storage_full
+from grao_pipe.errors import FULL_ERRNOS, ConfigError, GraoError, InputError, storage_full
 
 if TYPE_CHECKING:
     from grao_pipe.pipeline import Pipeline
@@ -45,23 +49,61 @@ def _pipeline(config_path: str | None, overrides: tuple[str, ...]) -> Pipeline:
     return Pipeline(load_config(config_path, overrides), wait_for_locks=click.get_current_context().find_root().params["wait"])
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP (a scheduler's timeout, a closed terminal), raised in the main thread
+    so that the stage unwinds as on Ctrl-C: the learner is killed with its launcher."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def _guard(fn: Callable[[], Any]) -> None:
+    """Every failure as one ``error:`` line and its exit code (docs/operations.md)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         fn()
     except GraoError as e:
         _fail(e)
     except OSError as e:  # a full disk outside the store's commit points (logs, caches, exports)
-        if e.errno not in FULL_ERRNOS:
-            raise
-        _fail(storage_full(e, e.filename or "an output file"))
+        if e.errno in FULL_ERRNOS:
+            _fail(storage_full(e, e.filename or "an output file"))
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            _fail(InputError(f"{e.filename or 'a file'}: {os.strerror(e.errno)}; grao-pipe needs to write "
+                             "there (the workdir, its lock files): check the permissions or the mount"))
+        _internal(e)
     except KeyboardInterrupt:
         console.print("interrupted: every shard committed so far is kept; run the same command again "
                       "to resume", highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    except _Terminated as t:
+        name = signal.Signals(t.signum).name
+        console.print(f"terminated by {name}: every shard committed so far is kept; run the same command "
+                      "again to resume", highlight=False)
+        sys.exit(128 + t.signum)
+    except Exception as e:  # a bug: still one line (the traceback with GRAO_PIPE_DEBUG=1)
+        _internal(e)
+
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a failure grao-pipe has no error class for, i.e. a bug
+
+
+def _internal(e: BaseException) -> None:
+    if os.environ.get("GRAO_PIPE_DEBUG"):
+        raise e
+    console.print(f"[red]error:[/red] internal error {type(e).__name__}: {escape(str(e))}; this is a bug in grao-pipe: "
+                  "re-run with GRAO_PIPE_DEBUG=1 for the traceback and report it", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def _fail(e: GraoError) -> None:
-    console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    # The message is text, not markup: 'score.scorers[b]' must not turn bold and vanish.
+    console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 
@@ -93,6 +135,11 @@ def _stage_command(stage: Stage) -> None:
         k_n = _parse_part(part)
 
         def go() -> None:
+            if round_ is not None and round_ < 1:
+                raise ConfigError(f"--round {round_}: rounds are numbered from 1 (to run.rounds)")
+            if json_out and not Path(json_out).resolve().parent.is_dir():
+                raise ConfigError(f"--json-out {json_out}: folder {Path(json_out).resolve().parent} does not "
+                                  "exist; create it, or write elsewhere")
             p = _pipeline(config_path, overrides)
             # eval defaults to the model of the last round; every other stage to round 1.
             r = round_ or (p.cfg.run.rounds if stage.name == "eval" else 1)
@@ -208,12 +255,19 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
     def go() -> None:
         from rich.table import Table
 
-        from grao_pipe.datasets import versions
+        from grao_pipe.datasets import manifests
+        from grao_pipe.errors import DataError
 
         table = Table()
         for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
             table.add_column(col)
-        for d, m in versions(_workdir(config_path, workdir)):
+        for d, m in manifests(_workdir(config_path, workdir)):
+            if isinstance(m, DataError):  # one damaged dataset: shown, the others still listed
+                table.add_row(d.path.parent.name, d.name, "-", "corrupt", "-", "-", "-")
+                console.print(f"warning: {m}", markup=False, highlight=False)
+                continue
+            if m is None:
+                continue
             inputs = m.inputs
             table.add_row(m.stage, d.name, str(inputs.round or "-"), str(m.rows), m.created_at,
                           (inputs.prompts.sha256 if inputs.prompts else "-")[:12], (inputs.model or "-")[:12])

@@ -122,6 +122,9 @@ class FunctionScorer(Section):
     name: str = "score"
     weight: float = 1.0
     function: str = "grao_pipe.tasks.arith:score"
+    # The module's file is hashed into the rewards' key; code it imports from elsewhere is not:
+    # bump this when such code changes what the function returns.
+    version: str | None = None
 
 
 class JudgeScorer(Section):
@@ -341,7 +344,10 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError:  # not YAML ('*.jsonl', '@nightly'): the text itself; a typed key says what it expects
+        node[parts[-1]] = raw
 
 
 _SCORER_KINDS = ("function", "judge", "reward_model")

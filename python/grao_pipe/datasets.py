@@ -33,8 +33,19 @@ def dataset_dirs(workdir: Workdir) -> list[StageDir]:
 
 
 def versions(workdir: Workdir) -> list[tuple[StageDir, Manifest]]:
-    """The finished dataset versions, with their manifests."""
-    return [(d, m) for d in dataset_dirs(workdir) if (m := d.manifest()) is not None]
+    """The finished dataset versions, with their manifests (a malformed one is left out here;
+    ``datasets list`` shows it as corrupt, ``verify`` reports it)."""
+    return [(d, m) for d, m in manifests(workdir) if m is not None and not isinstance(m, DataError)]
+
+
+def manifests(workdir: Workdir) -> list[tuple[StageDir, Manifest | DataError | None]]:
+    out: list[tuple[StageDir, Manifest | DataError | None]] = []
+    for d in dataset_dirs(workdir):
+        try:
+            out.append((d, d.manifest()))
+        except DataError as e:
+            out.append((d, e))
+    return out
 
 
 def find(workdir: Workdir, key_prefix: str) -> tuple[StageDir, Manifest]:

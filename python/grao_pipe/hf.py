@@ -33,6 +33,12 @@ def check_model_dir(path: Path, what: str) -> None:
                          "a directory saved with save_pretrained, or a .gguf file for model.path")
 
 
+def broken_model(path: Path, e: Exception) -> InputError:
+    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return InputError(f"model {path} cannot be loaded ({type(e).__name__}: {reason}); the directory is incomplete "
+                      "or damaged (config.json, weights, tokenizer files): re-save or re-download it")
+
+
 _WARNED: set[Path] = set()
 
 
@@ -63,7 +69,10 @@ def load_tokenizer(path: Path, *, padding_side: Literal["left", "right"] = "righ
     check_model_dir(path, "model")
     if trust_remote_code:
         warn_remote_code(path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as e:  # a broken directory: config.json '{', tokenizer files missing or cut short
+        raise broken_model(path, e) from None
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -85,7 +94,10 @@ def load_model(path: Path, *, kind: Literal["causal_lm", "sequence_classifier"] 
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     cls = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=True)
+    try:
+        model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as e:  # weights missing or truncated, a config that does not parse
+        raise broken_model(path, e) from None
     return model.to(dev).eval()  # type: ignore[arg-type]
 
 

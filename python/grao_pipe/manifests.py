@@ -164,6 +164,9 @@ class _Manifest(_Model):
 
     @model_validator(mode="after")
     def _rows_add_up(self) -> _Manifest:
+        names = [s.name for s in self.shards]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"shard {twice[0]} listed twice (its rows would be read twice)")
         if self.rows != sum(s.rows for s in self.shards):
             raise ValueError(f"rows is {self.rows} but the shards hold {sum(s.rows for s in self.shards)}")
         return self

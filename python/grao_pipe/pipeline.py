@@ -101,7 +101,9 @@ class Pipeline:
             m = train.require(consumer)
             if not m.shards:
                 raise DataError(f"{train.dir.display}: the {stage} manifest lists no model; re-run {stage} with --force")
-            self._trained[(stage, trained_round)] = Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+            entry = m.shards[0]
+            self._trained[(stage, trained_round)] = Policy(
+                entry.sha256, lambda: train.dir.verified_model(entry, f"round {trained_round}"))
         return self._trained[(stage, trained_round)]
 
     # ---- stages ----
@@ -138,12 +140,14 @@ class Pipeline:
     def _status(self, stage: str, round_: int) -> StageStatus:
         try:
             target = self.target(stage, round_)
+            m = target.manifest()
+        except DataError as e:  # one damaged output: shown as such, the others still listed
+            return StageStatus(round_, stage, "corrupt", None, str(e))
         except StageNotReady:
             others = self._finished_versions(stage, round_, None)
             if others:
                 return StageStatus(round_, stage, "stale", None, f"older version(s) {', '.join(others)}; inputs not ready")
             return StageStatus(round_, stage, "waiting", None, "its input stage has not finished")
-        m = target.manifest()
         key = target.key[:16]
         if m is not None:
             return StageStatus(round_, stage, "done", key, f"{STAGES[stage].size(m)}, {m.created_at}")

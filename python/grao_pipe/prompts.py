@@ -42,10 +42,19 @@ class _BadRow(Exception):
     """A row that is quarantined, with the reason."""
 
 
-def _rows(path: Path) -> Iterator[tuple[int, object]]:
-    """(1-based row number, parsed row, or a _BadRow for a line that cannot be parsed)."""
+def check_prompt_file(path: Path) -> Path:
+    """``path`` if it is a file; else an InputError naming ``data.prompts``."""
+    if path.is_dir():
+        raise InputError(f"data.prompts: {path} is a directory; point data.prompts at a .jsonl, .jsonl.gz "
+                         "or .parquet file")
     if not path.is_file():
         raise InputError(f"data.prompts: prompt file {path} does not exist")
+    return path
+
+
+def _rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(1-based row number, parsed row, or a _BadRow for a line that cannot be parsed)."""
+    check_prompt_file(path)
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -62,12 +71,16 @@ def _rows(path: Path) -> Iterator[tuple[int, object]]:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
-                try:
-                    yield lineno, json.loads(raw.decode("utf-8"))
+                try:  # a UTF-8 byte-order mark (Windows editors) opens the first line
+                    yield lineno, json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
                 except UnicodeDecodeError as e:
                     yield lineno, _BadRow(f"not UTF-8 text (byte {e.start})")
                 except json.JSONDecodeError as e:
                     yield lineno, _BadRow(f"not valid JSON ({e.msg})")
+                except ValueError as e:  # an integer of more than 4300 digits
+                    yield lineno, _BadRow(f"not usable JSON ({str(e).split(';')[0]})")
+                except RecursionError:
+                    yield lineno, _BadRow("not usable JSON (nested too deeply)")
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise InputError(f"{path}: not a readable gzip file ({e}); check data.prompts or drop the .gz suffix") from None
 
@@ -106,7 +119,10 @@ def parse_hh_transcript(text: str) -> list[tuple[str, str]]:
     """``\\n\\nHuman: ...\\n\\nAssistant: ...`` -> [("user", ...), ("assistant", ...)], with a
     leading ``System: ...`` turn (before the first Human turn) as ("system", ...)."""
     system = _HH_SYSTEM.match(text)
-    parts = _HH_TURN.split(text[system.end() :] if system else text)
+    body = text[system.end() :] if system else text
+    if body.startswith(("Human:", "Assistant:")):  # a first turn without the blank line before it
+        body = "\n\n" + body
+    parts = _HH_TURN.split(body)
     # parts = [preamble, role, content, role, content, ...]
     turns = [("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
     return [("system", system.group(1).strip()), *turns] if system else turns
@@ -130,6 +146,8 @@ def _hh(row: dict[str, Any], index: int) -> Prompt:
         raise _BadRow("no final assistant turn")
     if any(not content for role, content in c[:-1] if role != "system") or not c[-1][1]:
         raise _BadRow("empty turn")
+    if not any(role == "user" for role, _ in c[:-1]):
+        raise _BadRow("no Human turn before the final Assistant turn")
     if c[:-1] != r[:-1]:
         raise _BadRow("chosen and rejected dialogues differ before the last turn")
     return Prompt(index, None, tuple(c[:-1]), c[-1][1], r[-1][1] or None)

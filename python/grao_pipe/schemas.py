@@ -90,6 +90,8 @@ REWARDS_FIELDS: list[pa.Field] = [
     pa.field("reward", pa.float64()),  # null = invalid (scorer error, unparseable judge answer)
 ]
 META_SOURCE = b"grao_pipe.source_sha256"
+# The directory (``<stage>/<key[:16]>``) a shard was written for: a resumed run adopts only its own.
+META_KEY = b"grao_pipe.key"
 META_STATS = b"grao_pipe.stats"  # a shard's stats (JSON), so a resumed run reads only its footer
 META_ERRORS = b"grao_pipe.scorer_errors"
 META_PROMPTS_SKIPPED = b"grao_pipe.prompts_skipped_overlong"

@@ -33,7 +33,9 @@ ByContent = Annotated[T, Unkeyed("content")]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/NaN (YAML's .inf, .nan) are refused at load: they pass every bound (lr > 0) and end
+    # as a learner failure much later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @classmethod
     def unkeyed_fields(cls) -> dict[str, str]:

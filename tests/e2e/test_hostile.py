@@ -127,6 +127,95 @@ CASES = [
 ]
 
 
+def _scorer_raising_at_import(root: Path) -> list[str]:
+    (root / "boom.py").write_text("raise ZeroDivisionError('the scorer module fails at import')\n")
+    return ["score", "-c", str(_config(root, score={"scorers": [{"kind": "function", "name": "b", "function": "boom:score"}]}))]
+
+
+def _nul_in_shard_name(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: m["shards"][0].update(name="shard-00000\x00.parquet"))
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _listed_twice(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: (m["shards"].append(m["shards"][0]), m.update(rows=m["rows"] + m["shards"][0]["rows"])))
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _entry_dropped(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: (m.update(rows=m["rows"] - m["shards"][1]["rows"]), m["shards"].pop(1)))
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _says_train(root: Path) -> list[str]:
+    _edit_manifest(root, lambda m: m.update(stage="train", stats={}))
+    return ["score", "-c", str(root / "c.yaml")]
+
+
+def _broken_model(root: Path, damage: str) -> list[str]:
+    from grao_pipe.config import DataConfig, TinyModelConfig
+    from grao_pipe.models.tiny import build_tiny_model
+    from grao_pipe.prompts import load_prompt_set
+    from grao_pipe.storage import local_input
+
+    data = DataConfig()
+    corpus = [t for p in load_prompt_set(local_input(data.prompts), data).prompts for t in (p.text or "", p.reference)]
+    model = build_tiny_model(TinyModelConfig(), corpus, root / "models")
+    if damage == "config":
+        (model / "config.json").write_text("{")
+    else:
+        w = model / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return ["generate", "-c", str(_config(root, model={"path": str(model)}))]
+
+
+_HH_NO_HUMAN = (b'{"chosen": "\\n\\nAssistant: ok", "rejected": "\\n\\nAssistant: no"}\n'
+                b'{"chosen": "\\n\\nAssistant: yes", "rejected": "\\n\\nAssistant: no"}\n')
+
+# Cases of issue 20 (a hostile user's session): each was a traceback, a wrong code or silent.
+MORE_CASES = [
+    Case("override-glob-not-yaml", lambda r: ["generate", "-c", str(_config(r)), "data.prompts=*.jsonl"], 3,
+         r"data.prompts: prompt file \*.jsonl does not exist"),
+    Case("override-at-not-yaml", lambda r: ["generate", "-c", str(_config(r)), "name=@nightly", "train.lr=-1"], 2,
+         r"overrides: config key 'train.lr': Input should be greater than 0"),
+    Case("override-bracket-for-a-number", lambda r: ["generate", "-c", str(_config(r)), "train.lr=[1e-3"], 2,
+         r"train.lr.*valid number"),
+    Case("lr-inf", lambda r: ["generate", "-c", str(_config(r)), "train.lr=.inf"], 2, r"train.lr.*finite number"),
+    Case("grad-clip-inf", lambda r: ["generate", "-c", str(_config(r)), "train.grad_clip=.inf"], 2,
+         r"train.grad_clip.*finite number"),
+    Case("scorer-weight-nan", lambda r: ["generate", "-c", str(_config(r)),
+                                         "score.scorers=[{kind: function, weight: .nan}]"], 2, r"weight.*finite number"),
+    Case("prompts-a-directory", lambda r: (r.joinpath("p").mkdir(), ["generate", "-c", str(_config(r)),
+                                           f"data.prompts={r / 'p'}"])[1], 3, r"data.prompts: .*p is a directory"),
+    Case("round-negative", lambda r: ["generate", "-c", str(_config(r)), "--round", "-1"], 2,
+         r"--round -1: rounds are numbered from 1"),
+    Case("json-out-missing-folder", lambda r: ["generate", "-c", str(_config(r)), "--json-out", str(r / "no" / "o.json")],
+         2, r"--json-out .*o.json: folder .*no does not exist"),
+    Case("prompt-5000-digit-integer", lambda r: _prompts(r, "p.jsonl", b'{"prompt": ' + b"9" * 5000 + b', "reference": "2"}\n'),
+         3, r"p.jsonl:1: not usable JSON \(Exceeds the limit"),
+    Case("prompt-100k-nesting", lambda r: _prompts(r, "p.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000
+                                                   + b', "reference": "2"}\n'), 3, r"p.jsonl:1: not usable JSON \(nested too deeply\)"),
+    Case("hh-without-human-turn", lambda r: _prompts(r, "hh.jsonl", _HH_NO_HUMAN), 3,
+         r"hh.jsonl:1: no Human turn before the final Assistant turn"),
+    Case("model-config-not-json", lambda r: _broken_model(r, "config"), 3, r"model .* cannot be loaded"),
+    Case("model-weights-truncated", lambda r: _broken_model(r, "weights"), 3, r"model .* cannot be loaded"),
+    Case("max-new-tokens-fill-the-context", lambda r: ["generate", "-c", str(_config(r)), "generate.max_new_tokens=128"],
+         2, r"generate.max_new_tokens=128 leaves no room for a prompt"),
+]
+
+# The same, on a finished generate output copied in.
+GENERATED_CASES = [
+    Case("scorer-raises-at-import", _scorer_raising_at_import, 2,
+         r"score.scorers\[b\].function: cannot import module 'boom' \(ZeroDivisionError"),
+    Case("nul-in-shard-name", _nul_in_shard_name, 5, r"not listed in its manifest"),
+    Case("nul-in-shard-name-verify", lambda r: (_nul_in_shard_name(r), ["datasets", "verify", "-c", str(r / "c.yaml")])[1],
+         5, r"shard name 'shard-00000\\x00.parquet' points outside the dataset"),
+    Case("shard-listed-twice", _listed_twice, 5, r"listed twice"),
+    Case("manifest-entry-dropped", _entry_dropped, 5, r"not listed in its manifest"),
+    Case("manifest-says-train", _says_train, 5, r"says stage 'train', but the directory holds generate output"),
+]
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> Path:
     """One finished generate + score output (tiny)."""
@@ -148,12 +237,15 @@ def generated(tmp_path_factory) -> Path:
 
 def _tree(root: Path, skip: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")
-            if p.is_file() and not p.is_relative_to(skip)}
+            if p.is_file() and not p.is_relative_to(skip) and "__pycache__" not in p.parts}
 
 
-@pytest.mark.parametrize("case", CASES + TRAIN_CASES, ids=[c.id for c in CASES + TRAIN_CASES])
+ALL = CASES + MORE_CASES + GENERATED_CASES + TRAIN_CASES
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
 def test_hostile_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if case.id in ("shard-deleted", "manifest-without-sha256", "rows-wrong", "symlinked-shard"):
+    if case.id in ("shard-deleted", "manifest-without-sha256", "rows-wrong", "symlinked-shard") or case in GENERATED_CASES:
         shutil.copytree(request.getfixturevalue("generated"), tmp_path / "work", symlinks=True)
         _config(tmp_path)
     if case in TRAIN_CASES:
@@ -214,5 +306,29 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err and "Aborted" not in err
+    again = cli("generate", "-c", str(cfg))
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_print_one_line_and_exit_128_plus_n(tmp_path: Path, sig: str, code: int) -> None:
+    """A scheduler's timeout (SIGTERM) or a closed terminal (SIGHUP): one line, 128 + N, and the
+    next run resumes."""
+    import signal
+    import subprocess
+    import time
+
+    from cli_runner import BIN
+
+    cfg = _config(tmp_path, data={"limit": 16}, generate={"prompts_per_shard": 1, "max_new_tokens": 16})
+    proc = subprocess.Popen([*BIN, "generate", "-c", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "work").glob("generate/*/shard-*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"terminated by {sig}: every shard committed so far is kept" in err and "Traceback" not in err
     again = cli("generate", "-c", str(cfg))
     assert again.returncode == 0, again.stderr

@@ -63,10 +63,17 @@ def make_sampler(cfg: GenerateConfig, model_dir: Path, tok: PolicyTokenizer, tru
 def prepare_requests(cfg: GenerateConfig, tok: PolicyTokenizer, prompts: list[Prompt]) -> tuple[list[Request], int, int]:
     """Render and tokenize; over-long prompts are truncated from the left or skipped (counted)."""
     limit = cfg.max_prompt_tokens or max(1, tok.context - cfg.max_new_tokens)
+    # A prompt of more characters than ``limit`` tokens can span is over-long whatever its
+    # tokens: decided before tokenizing it whole (a 20 MB line tokenized costs gigabytes).
+    max_chars = 2 * limit * tok.max_token_chars
     out, skipped, truncated = [], 0, 0
     for p in prompts:
         text = tok.render(p)
-        ids = tok.encode(text)
+        if len(text) > max_chars and (cfg.overlong_prompt == "skip" or p.messages is not None):
+            skipped += 1
+            continue
+        # Truncation keeps the last ``limit`` tokens: only the tail that can hold them is tokenized.
+        ids = tok.encode(text[-max_chars:] if len(text) > max_chars else text)
         if not ids:
             raise InputError(f"prompt {p.index} of the prompt set tokenizes to no tokens with the policy's "
                              "tokenizer; check the row, or the tokenizer (model.path)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from grao_pipe.prompts import Prompt
@@ -17,7 +18,18 @@ class PolicyTokenizer:
         cfg_path = Path(model_dir) / "config.json"
         import json
 
-        self.context = int(json.loads(cfg_path.read_text()).get("max_position_embeddings", 1 << 30))
+        from grao_pipe.hf import broken_model
+
+        try:
+            self.context = int(json.loads(cfg_path.read_text()).get("max_position_embeddings", 1 << 30))
+            self.vocab_size = int(json.loads(cfg_path.read_text()).get("vocab_size") or len(self.tok))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise broken_model(Path(model_dir), e) from None
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary spells (at least 1)."""
+        return max((len(t) for t in self.tok.get_vocab()), default=1) or 1
 
     def render(self, prompt: Prompt) -> str:
         if prompt.messages is not None:

@@ -14,6 +14,8 @@ reference the kernel is tested against, and a way to batch groups built in memor
 from __future__ import annotations
 
 import atexit
+import json
+import os
 import queue
 import threading
 import time
@@ -28,9 +30,9 @@ import pyarrow.compute as pc
 import torch
 
 from grao_pipe.enums import Overlong
-from grao_pipe.errors import DataError
+from grao_pipe.errors import FULL_ERRNOS, DataError, storage_full
 from grao_pipe.schemas import tmp_name
-from grao_pipe.storage.shards import read_shard
+from grao_pipe.storage.shards import atomic_write_bytes, file_sha256, read_shard
 
 if TYPE_CHECKING:
     from grao_pipe import _native
@@ -118,9 +120,16 @@ class GroupStore:
 
     @staticmethod
     def _open(ipc: Path, path: Path, sha: str) -> pa.RecordBatch:
-        if not ipc.exists():  # the train stage converts before the learner starts (prepare_cache)
+        # The train stage hashed every file against its seal before torchrun started
+        # (prepare_cache); here only what is cheap: a missing seal or a size that differs from it
+        # (a learner started by hand, a file replaced since) gets the file rebuilt, never mapped.
+        if not _seal_matches(ipc, full=False):
             _convert(ipc, path, sha)
-        reader = pa.ipc.open_file(pa.memory_map(str(ipc)))
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(ipc)))
+        except (OSError, pa.ArrowException):
+            _convert(ipc, path, sha)
+            reader = pa.ipc.open_file(pa.memory_map(str(ipc)))
         if reader.num_record_batches == 1:
             return reader.get_batch(0)  # zero-copy: a view of the mapped file
         # Empty, or written in several batches (before this file format): one batch in memory.
@@ -189,34 +198,87 @@ def cache_file(cache_dir: Path, i: int, sha: str) -> Path:
     return cache_dir / f"{i:05d}-{sha[:16]}.arrow"
 
 
+def seal_file(ipc: Path) -> Path:
+    """The seal of a cache file: its size and sha256, written once the file is durable."""
+    return ipc.with_name(ipc.name + ".seal")
+
+
+def _seal_matches(ipc: Path, full: bool = True) -> bool:
+    """Whether ``ipc`` is the file its seal describes: size always, sha256 with ``full``."""
+    try:
+        seal = json.loads(seal_file(ipc).read_text())
+        if ipc.stat().st_size != seal["size"]:
+            return False
+        return not full or file_sha256(ipc) == seal["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _convert(ipc: Path, path: Path, sha: str) -> pa.Table:
-    """A score shard's kept rows (checksum checked) as one uncompressed Arrow IPC record batch."""
+    """A score shard's kept rows (checksum checked) as one uncompressed Arrow IPC record batch,
+    fsynced and sealed (size + sha256 in ``<file>.seal``, written after the file is in place:
+    a crash in between leaves a file without a seal, which is rebuilt)."""
     table = read_shard(path, "score", sha)
     for name, typ in REJECTED_COLUMNS.items():  # shards from before these columns: null
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, typ))
     table = table.select([*COLUMNS, *REJECTED_COLUMNS]).filter(pc.field("keep")).combine_chunks()
+    seal_file(ipc).unlink(missing_ok=True)
     tmp = ipc.with_name(tmp_name(ipc.name))
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    tmp.replace(ipc)
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        seal = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp), "source_sha256": sha}
+        tmp.replace(ipc)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+            raise storage_full(e, str(ipc)) from None
+        raise
+    atomic_write_bytes(seal_file(ipc), json.dumps(seal).encode())
     return table
 
 
-def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path) -> int:
+def prepare_cache(shards: list[tuple[Path, str]], cache_dir: Path, vocab_size: int | None = None) -> int:
     """Convert every score shard for the learner (in the train stage's process, before torchrun
     starts: a corrupt shard is a data error there, not a learner failure); the number of groups
-    with kept rows."""
+    with kept rows. A file already there is used only if it hashes to its seal; anything else
+    (rewritten, emptied by a power loss, torn, unsealed) is rebuilt from its score shard."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     groups = 0
     for i, (path, sha) in enumerate(shards):
         ipc = cache_file(cache_dir, i, sha)
-        table = _convert(ipc, path, sha) if not ipc.exists() else pa.ipc.open_file(pa.memory_map(str(ipc))).read_all()
+        table = None
+        if _seal_matches(ipc):
+            try:
+                table = pa.ipc.open_file(pa.memory_map(str(ipc))).read_all()
+            except (OSError, pa.ArrowException):
+                table = None
+        if table is None:
+            table = _convert(ipc, path, sha)
         if table.num_rows:
             _check_prompts(table, path)
+            if vocab_size is not None:
+                _check_vocab(table, path, vocab_size)
             ids = table["group_id"]
             groups += 1 + (pc.sum(pc.not_equal(ids.slice(1), ids.slice(0, table.num_rows - 1))).as_py() or 0)
     return groups
+
+
+def _check_vocab(table: pa.Table, path: Path, vocab_size: int) -> None:
+    """Token ids the policy's embedding has (else every rank fails on an index error)."""
+    for col in ("prompt_token_ids", "response_token_ids", "reference_token_ids", "reference_rejected_token_ids"):
+        if col not in table.column_names:
+            continue
+        values = pc.list_flatten(table[col])
+        top, low = pc.max(values).as_py(), pc.min(values).as_py()
+        if top is not None and (top >= vocab_size or low < 0):
+            bad = top if top >= vocab_size else low
+            raise DataError(f"{path}: column {col} holds token id {bad}, outside the policy's vocabulary of "
+                            f"{vocab_size}; the shard was tokenized for another model: re-run generate for this "
+                            "model (or point model.path at the one that generated it)")
 
 
 def _check_prompts(table: pa.RecordBatch | pa.Table, path: Path) -> None:

@@ -53,6 +53,7 @@ class RankError(BaseModel):
     rank: int
     type: str
     message: str
+    errno: int | None = None  # of an OSError: a full disk is reported as such (exit 74)
     traceback: str = ""
 
     def write(self, errors_dir: Path) -> None:

@@ -34,6 +34,7 @@ def die_with_parent() -> None:
 
 def _record_failure(spec: LearnerSpec, e: BaseException) -> None:
     RankError(rank=int(os.environ.get("RANK", 0)), type=type(e).__name__, message=str(e),
+              errno=e.errno if isinstance(e, OSError) else None,
               traceback="".join(traceback.format_exception(e))).write(spec.errors_dir)
 
 

@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from grao_pipe.config import TinyModelConfig
+from grao_pipe.errors import FULL_ERRNOS, StorageFull
 from grao_pipe.hashing import digest
 from grao_pipe.schemas import tmp_name
+from grao_pipe.storage.shards import clean_temporaries
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
@@ -74,9 +76,18 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) 
     )
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(config)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(cache_root)  # a build killed or failed earlier
     tmp = out.with_name(tmp_name(out.name))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except Exception as e:  # a full disk surfaces as safetensors' own error, not an OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = e if isinstance(e, OSError) else e.__cause__ or e.__context__
+        if (isinstance(err, OSError) and err.errno in FULL_ERRNOS) or "No space left" in str(e):
+            raise StorageFull(f"{out}: cannot write the tiny model ({e}); free space and re-run") from None
+        raise
     try:
         tmp.replace(out)  # atomic: a half-built model directory is never visible
     except OSError:

@@ -25,7 +25,8 @@ class ScorerFiles:
     """Local paths of the files a scorer reads."""
 
     model: Path | None = None  # reward model, or the local judge's model directory
-    template: Path | None = None  # judge template
+    template: Path | None = None  # judge template (the bundled one when not configured)
+    code: Path | None = None  # a function scorer's module file
 
     def digests(self) -> dict[str, str]:
         """Content digests: a file replaced in place under the same path or URL changes the
@@ -38,6 +39,8 @@ class ScorerFiles:
             out["model"] = policy_digest(self.model)
         if self.template is not None:
             out["template"] = content_sha256(self.template)
+        if self.code is not None:
+            out["code"] = content_sha256(self.code)
         return out
 
 
@@ -47,13 +50,24 @@ def scorer_files(cfg: ScorerConfig, resolve: Callable[[str], Path]) -> ScorerFil
         return ScorerFiles(model=resolve(cfg.path))
     if isinstance(cfg, JudgeScorer):
         return ScorerFiles(model=resolve(cfg.model) if cfg.backend == "hf" else None,
-                           template=resolve(cfg.template) if cfg.template else None)
+                           template=resolve(cfg.template) if cfg.template else bundled_template())
+    if isinstance(cfg, FunctionScorer):
+        from grao_pipe.scoring.function import module_file
+
+        return ScorerFiles(code=module_file(cfg.function, f"score.scorers[{cfg.name}].function"))
     return ScorerFiles()
+
+
+def bundled_template() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("grao_pipe") / "data" / "judge_template.txt"))
 
 
 def scorer_key(cfg: ScorerConfig, files: ScorerFiles) -> str:
     """Cache key of a scorer's raw rewards: its keyed config without the weight (the raw value
-    does not depend on it), and the contents of the files it reads."""
+    does not depend on it), and the contents of the files it reads (a function's module, a
+    judge's template and model, a reward model)."""
     section = {k: v for k, v in keyed(cfg).items() if k != "weight"}
     return digest({**section, "files": files.digests()})
 

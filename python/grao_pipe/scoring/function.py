@@ -9,8 +9,10 @@ rewards, counted, never silently 0.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -21,15 +23,34 @@ from grao_pipe.scoring.base import ScoreInput, ScoreResult
 RewardFn = Callable[[str, str, str], float]
 
 
-def load_function(spec: str, key: str) -> RewardFn:
-    """Resolve ``module:function``; errors name the config key."""
+def _split(spec: str, key: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{key}: {spec!r} is not 'module:function'")
+    return module_name, attr
+
+
+def module_file(spec: str, key: str) -> Path | None:
+    """The source file of ``module:function``'s module, found without running it (its parent
+    packages are imported): what the rewards' cache key hashes. None: not a file (built in)."""
+    module_name, _ = _split(spec, key)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except Exception as e:  # a parent package raising at import is the user's code failing
+        raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
+    if found is None:
+        raise ConfigError(f"{key}: cannot import module {module_name!r} (no such module on the Python path)")
+    origin = Path(found.origin) if found.origin and found.has_location else None
+    return origin if origin is not None and origin.is_file() else None
+
+
+def load_function(spec: str, key: str) -> RewardFn:
+    """Resolve ``module:function``; errors name the config key."""
+    module_name, attr = _split(spec, key)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e})") from None
+    except Exception as e:  # ImportError, or the module's own code raising at import
+        raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"{key}: {module_name!r} has no function {attr!r}")

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich.console import Console
 
-from grao_pipe.errors import StageNotReady
+from grao_pipe.errors import DataError, StageNotReady
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import Manifest, StageManifest
+from grao_pipe.schemas import MANIFEST_NAME
 from grao_pipe.storage import StageDir
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ WHOLE: Part = (0, 1)
 
 
 M = TypeVar("M", bound=StageManifest)
+M2 = TypeVar("M2", bound=Manifest | None)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,22 @@ class Target:
         return f"{self.stage} round {self.round} ({self.key[:16]})"
 
     def manifest(self) -> Manifest | None:
-        return self.dir.manifest()
+        return self.check(self.dir.manifest())
+
+    def check(self, m: M2) -> M2:
+        """``m``, if it is this output's: the stage and key it records match this directory,
+        and it lists every shard file there. A manifest edited or copied in is refused."""
+        if m is None:
+            return m
+        where = self.dir.workdir.display(self.dir.path / MANIFEST_NAME)
+        if m.stage != self.stage:
+            raise DataError(f"{where}: says stage {m.stage!r}, but the directory holds {self.stage} output; "
+                            f"re-run {self.stage} with --force, or delete the directory")
+        if m.key != self.key:
+            raise DataError(f"{where}: says key {m.key[:12]}, but this directory is key {self.key[:12]} (copied "
+                            f"from another version?); re-run {self.stage} with --force, or delete the directory")
+        self.dir.check_listing(m)
+        return m
 
     def commit(self, cls: type[M], shards: list[Any], stats: Any) -> M:
         """Commit this output: its manifest (key, config and inputs as hashed, the round) with
@@ -167,10 +184,16 @@ class Stage(ABC):
     def run(self, p: Pipeline, round_: int = 1, force: bool = False, part: Part = WHOLE) -> Outcome:
         target = p.target(self.name, round_)
         with target.dir.lock(f"{self.name} (round {round_})", self.lock_suffix(p, part), wait=p.wait_for_locks):
-            cached = target.dir.prepare(force and self.may_wipe(p, part))
+            if force and self.may_wipe(p, part):
+                self.forget(p, target)
+            cached = target.check(target.dir.prepare(force and self.may_wipe(p, part)))
             if cached is not None:
                 return Outcome(target, True, cached)
             return self.execute(p, target, part)
+
+    def forget(self, p: Pipeline, target: Target) -> None:
+        """With ``--force``: drop derived caches besides the output (score: raw rewards)."""
+        return None
 
     def summary(self, o: Outcome) -> list[str]:
         """Lines the CLI prints after the stage ran (besides done/cached)."""

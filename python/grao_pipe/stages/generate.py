@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from grao_pipe.errors import ConfigError
 from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import GenerateManifest, GenerateShardStats, GenerateStats, ShardEntry
-from grao_pipe.prompts import Prompt, group_id
+from grao_pipe.prompts import Prompt, check_prompt_file, group_id
 from grao_pipe.schemas import (
     GENERATE_SCHEMA,
     META_PROMPTS_SKIPPED,
@@ -103,7 +104,7 @@ class Generate(Stage):
 
     def target(self, p: Pipeline, up: Upstream) -> Target:
         cfg = p.cfg
-        prompts = {"sha256": content_sha256(p.input(cfg.data.prompts)), **keyed(cfg.data)}
+        prompts = {"sha256": content_sha256(check_prompt_file(p.input(cfg.data.prompts))), **keyed(cfg.data)}
         section = {"generate": keyed(cfg.generate), "trust_remote_code": cfg.model.trust_remote_code}
         return self.make_target(p, up, section, {"prompts": prompts, "model": up.model("train", -1).digest})
 
@@ -116,11 +117,14 @@ class Generate(Stage):
         per = gc.shard_prompts
         n_shards = math.ceil(len(prompts) / per)
         names = [shard_name(i, n_shards) for i in range(n_shards)]
-        todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]
+        todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.adoptable(names[i], "generate")]
         if todo:
             policy = target.upstream.model("train", -1)
             model_dir = policy.local_dir()
             tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
+            if gc.max_new_tokens >= tok.context:  # no prompt token would fit: 0 samples, then train fails
+                raise ConfigError(f"generate.max_new_tokens={gc.max_new_tokens} leaves no room for a prompt in the "
+                                  f"model's context of {tok.context} tokens; lower it below {tok.context}")
             sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)
             columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                        TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))

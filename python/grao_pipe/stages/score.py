@@ -49,9 +49,13 @@ class _Rewards:
         ``source_sha256``; scorer errors; unparseable answers)."""
         path = self.dir.local_path(name)  # another machine may have scored it already
         if shard_is_committed(path, "rewards"):
-            cached = read_shard(path, "rewards")
-            meta = cached.schema.metadata or {}
-            if meta.get(META_SOURCE) == source_sha256.encode() and cached.num_rows == table.num_rows:
+            try:
+                cached = read_shard(path, "rewards")
+            except DataError:  # damaged pages (it is written without fsync): recomputed below
+                cached = None
+            meta = (cached.schema.metadata or {}) if cached is not None else {}
+            if cached is not None and meta.get(META_SOURCE) == source_sha256.encode() \
+                    and cached.num_rows == table.num_rows:
                 return (cached["reward"].combine_chunks(), int(meta.get(META_ERRORS, b"0")),
                         int(meta.get(META_UNPARSEABLE, b"0")))
         with self._lock:
@@ -205,6 +209,13 @@ class Score(Stage):
             inputs["reference_model"] = p.reference_policy().digest
         return self.make_target(p, up, keyed(section), inputs)
 
+    def forget(self, p: Pipeline, target: Target) -> None:
+        """``score --force`` recomputes the raw rewards too (a scorer may have changed in a way
+        its key cannot see: a remote judge, code imported from another module)."""
+        gen_key = target.upstream.output("generate").key
+        for s in p.cfg.score.scorers:
+            _Rewards(p, s, gen_key).dir.wipe()
+
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         cfg = p.cfg
         section = score_section(cfg)
@@ -218,7 +229,7 @@ class Score(Stage):
 
             ref_model = ReferenceModel(p.reference_policy().local_dir())
         def one(shard: ShardEntry) -> ShardEntry:
-            if target.dir.is_committed(shard.name, "score"):  # resume after a crash: keep what was committed
+            if target.dir.adoptable(shard.name, "score"):  # resume after a crash: keep what was committed
                 entry = target.dir.committed_entry(shard.name, META_STATS)
                 if entry.stats is None:  # written without its stats (an older release): count them
                     committed = target.dir.read_shard(entry, "score")

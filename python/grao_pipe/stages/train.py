@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grao_pipe.config import TrainConfig
-from grao_pipe.errors import ConfigError, InputError, StageFailed
+from grao_pipe.errors import FULL_ERRNOS, ConfigError, InputError, StageFailed, StorageFull
 from grao_pipe.extras import require
 from grao_pipe.faults import kill_point
 from grao_pipe.hashing import digest
@@ -66,11 +67,21 @@ def _die_with_parent() -> None:
 def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
     """The first failing rank's exception, else the log's last line (e.g. a rank killed by the OS)."""
     errors = sorted(spec.errors_dir.glob("rank-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    reports = [e for e in map(RankError.read, errors) if e is not None]
-    if reports:
-        return reports[0].describe()
+    for report in filter(None, map(RankError.read, errors)):  # a report cut short is skipped, not parsed
+        if report.errno in FULL_ERRNOS:  # the disk filled under the learner: 74, not "retry"
+            raise StorageFull(f"train: the learner could not write ({report.describe()}); free space and re-run "
+                              "train, which resumes from its last checkpoint")
+        return report.describe()
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()] if log_path.is_file() else []
     return f"the learner exited without an error report ({lines[-1].strip() if lines else 'empty log'})"
+
+
+def _vocab_size(model_dir: Path) -> int | None:
+    try:
+        v = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None  # the learner's model load names what is wrong with the directory
+    return v if isinstance(v, int) and v > 0 else None
 
 
 def check_loggers(cfg: TrainConfig) -> None:
@@ -137,6 +148,8 @@ class Train(Stage):
         # Scratch of a finished stage: the learner's copy of the shards, its resume state.
         shutil.rmtree(out / "cache", ignore_errors=True)
         shutil.rmtree(out / "errors", ignore_errors=True)
+        for tmp in out.glob("tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
         if not cfg.train.keep_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return Outcome(target, False, manifest, timer.seconds)
@@ -159,12 +172,13 @@ class Train(Stage):
         shards = [sc_target.dir.member(s.name) for s in sc.shards]
         check_columns(cfg, shards)
         out = target.dir.path
-        groups = prepare_cache(list(zip(shards, (s.sha256 for s in sc.shards), strict=True)), out / "cache")
+        policy = target.upstream.model("train", -1)
+        groups = prepare_cache(list(zip(shards, (s.sha256 for s in sc.shards), strict=True)), out / "cache",
+                               vocab_size=_vocab_size(policy.local_dir()))
         world = cfg.nproc * cfg.nnodes
         if min(cfg.groups_per_step, groups) < world:
             raise ConfigError(f"train: the score output has {groups} groups with kept rows, which cannot feed "
                               f"{world} ranks (train.nproc x train.nnodes); lower train.nproc or score more prompts")
-        policy = target.upstream.model("train", -1)
         return LearnerSpec(
             train=cfg, model_dir=policy.local_dir(), shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
             cache_dir=out / "cache", output_dir=out, run_id=target.key[:16],
@@ -178,8 +192,12 @@ class Train(Stage):
         spec.write(spec_path)
         shutil.rmtree(spec.errors_dir, ignore_errors=True)
         log_path = out / f"train{suffix}.log"
+        # torchrun's per-run log directories (torchelastic_*) and the workers' temporaries go
+        # under the stage directory, removed with its other scratch, not left in the system's.
+        tmp = out / f"tmp{suffix}"
+        tmp.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0))}
+               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0)), "TMPDIR": str(tmp)}
         with open(log_path, "w") as log:
             proc = subprocess.run(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
                                   stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent)

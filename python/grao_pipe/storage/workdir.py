@@ -17,6 +17,7 @@ Layout of a stage directory (readable by pyarrow.dataset, polars, DuckDB, Spark 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 
 from grao_pipe.errors import DataError, InputError, Locked
 from grao_pipe.manifests import Manifest, ShardEntry, parse_manifest
-from grao_pipe.schemas import LEGACY_NAMES, MANIFEST_NAME, SUCCESS_NAME, TMP_PREFIX
+from grao_pipe.schemas import LEGACY_NAMES, MANIFEST_NAME, META_KEY, SUCCESS_NAME, TMP_PREFIX
 from grao_pipe.storage import shards
 from grao_pipe.storage.remote import Mirror, is_url
 
@@ -132,7 +133,7 @@ class StageDir:
         with separators, ``..``) and a symlink are refused, so nothing outside a dataset is read.
         """
         where = self.workdir.display(self.path / MANIFEST_NAME)
-        if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or Path(name).is_absolute():
             raise DataError(f"{where}: shard name {name!r} points outside the dataset; refusing it")
         path = self.path / name
         if path.is_symlink():
@@ -147,6 +148,24 @@ class StageDir:
         path = self.path / name if name else self.path
         if self._mirror is not None:
             self._mirror.ensure_local(path)
+        return path
+
+    def verified_model(self, entry: ShardEntry, what: str = "") -> Path:
+        """The trained export ``entry`` names (``model/``), local, its files hashed against the
+        digest the manifest records: a changed or damaged export is refused, never used."""
+        from grao_pipe.models import policy_digest
+
+        path = self.local_path(entry.name)
+        where = self.workdir.display(path)
+        redo = (f"re-run train{f' ({what})' if what else ''} with --force to export it again, or restore "
+                f"the directory from a copy")
+        try:
+            found = policy_digest(path)
+        except (InputError, OSError) as e:
+            raise DataError(f"{where}: the trained export is damaged ({e}); {redo}") from None
+        if found != entry.sha256:
+            raise DataError(f"{where}: its files do not hash to the digest its manifest records "
+                            f"({found[:12]} != {entry.sha256[:12]}: modified or corrupt); {redo}")
         return path
 
     def open_shard(self, entry: ShardEntry, stage: str) -> shards.ShardFile:
@@ -184,6 +203,44 @@ class StageDir:
         """True if shard ``name`` was committed here by an earlier (crashed) run."""
         return shards.shard_is_committed(self.path / name, stage)
 
+    def adoptable(self, name: str, stage: str) -> bool:
+        """Whether shard ``name``, left by an earlier (crashed) run, may be listed in this run's
+        manifest: complete, of ``stage``, written for this directory (a shard of an older
+        release names none), every page passing its checksum. Anything else is removed, to be
+        written again: a resumed manifest never blesses a foreign or damaged file."""
+        path = self.path / name
+        if not shards.shard_is_committed(path, stage):
+            return False
+        try:
+            f = shards.open_shard(path, stage)
+            owner = (f.parquet.schema_arrow.metadata or {}).get(META_KEY)
+            if owner is not None and owner != self.name.encode():
+                raise DataError(f"{path}: written for {owner.decode(errors='replace')}, not {self.name}")
+            f.read()
+        except DataError:
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def check_listing(self, m: Manifest) -> None:
+        """The manifest and the directory agree: every ``shard-*.parquet`` here is listed (an
+        entry dropped would make readers see part of the data), and a shard named ``-of-N``
+        comes with N entries."""
+        where = self.workdir.display(self.path / MANIFEST_NAME)
+        listed = {s.name for s in m.shards}
+        present = {p.name for p in self.path.glob("shard-*.parquet")} if self.path.is_dir() else set()
+        if self._mirror is not None:
+            present |= {n for n in self._mirror.files(self.path) if n.startswith("shard-") and n.endswith(".parquet")}
+        if extra := sorted(present - listed):
+            raise DataError(f"{self.workdir.display(self.path / extra[0])}: a shard file not listed in its manifest "
+                            f"({len(extra)} such); the manifest was edited or the file copied in: re-run the "
+                            "stage with --force, or delete the file if it does not belong here")
+        of = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in listed
+              if n.startswith("shard-") and n.rsplit("-of-", 1)[-1].split(".")[0].isdigit()}
+        if of and (len(of) > 1 or len(listed) != next(iter(of))):
+            raise DataError(f"{where}: lists {len(listed)} shards named as one of {sorted(of)}; entries are "
+                            "missing or mixed in from another output: re-run the stage with --force")
+
     # ---- writing ----
 
     def prepare(self, force: bool) -> Manifest | None:
@@ -219,6 +276,7 @@ class StageDir:
         """Commit one shard (atomically) and publish it, so another machine can resume.
         ``base``: a shard whose columns come first (``shards.write_shard``)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        meta = {META_KEY: self.name.encode(), **(meta or {})}
         entry = shards.write_shard(self.path / name, table, stage, meta, durable=durable, base=base)
         if self._mirror is not None:
             self._mirror.publish(self.path / name)
@@ -272,8 +330,19 @@ class StageDir:
         The kernel drops the lock when its holder dies, so a crash never leaves it stuck. Locks
         are local: with a remote workdir, exclusion across machines is the scheduler's job.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.parent / f"{self.path.name}{suffix}.lock", "a+") as f:
+        lock_path = self.path.parent / f"{self.path.name}{suffix}.lock"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(lock_path, "a+")  # noqa: SIM115 - closed below, after the body
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if self.has_manifest():  # a finished output in a read-only workdir: read, nothing written
+                yield
+                return
+            raise InputError(f"{lock_path}: cannot create the lock file ({os.strerror(e.errno)}); the workdir "
+                             "must be writable to run a stage that is not finished") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -297,12 +366,23 @@ class StageDir:
         if m is None:
             return [f"{self.display}: no manifest (not a finished dataset)"]
         problems: list[str] = []
+        where = self.workdir.display(self.path / MANIFEST_NAME)
+        if m.stage != self.path.parent.name:
+            problems.append(f"{where}: says stage {m.stage!r}, but it is under {self.path.parent.name}/")
+        if not m.key.startswith(self.name):
+            problems.append(f"{where}: says key {m.key[:16]}, but its directory is {self.name}")
+        try:
+            self.check_listing(m)
+        except DataError as e:
+            problems.append(str(e))
         remote = self._mirror.files(self.path) if self._mirror is not None else None
         for s in m.shards:
             try:
-                if remote is not None:
+                if s.name == "model" and m.stage == "train":  # a directory: its files' digest
+                    self.verified_model(s)
+                elif remote is not None:
                     self._verify_remote(s, m.stage, remote)
-                elif s.name != "model":
+                else:
                     self.read_shard(s, m.stage)
             except DataError as e:
                 problems.append(str(e))
