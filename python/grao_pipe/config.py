@@ -32,6 +32,12 @@ class Unkeyed:
     why: Literal["operational", "content"]
 
 
+@dataclass(frozen=True)
+class KeyedWhenSet:
+    """Field marker: a ``None`` value stays out of cache keys, so adding an optional section
+    leaves the keys of configs that do not set it (every existing cache) unchanged."""
+
+
 Operational = Annotated[T, Unkeyed("operational")]
 ByContent = Annotated[T, Unkeyed("content")]
 
@@ -50,7 +56,11 @@ def keyed(value: Any) -> Any:
     any depth (sections inside sections, scorer lists)."""
     if isinstance(value, _Section):
         skip = value.unkeyed_fields()
-        return {name: keyed(getattr(value, name)) for name in type(value).model_fields if name not in skip}
+        fields = type(value).model_fields
+        skip |= {name: "unset" for name, f in fields.items()
+                 if getattr(value, name) is None and any(isinstance(m, KeyedWhenSet) for m in f.metadata)}
+        # A field named after a Python keyword (``import_``) is keyed by its config name (alias).
+        return {(f.alias or name): keyed(getattr(value, name)) for name, f in fields.items() if name not in skip}
     if isinstance(value, (tuple, list)):
         return [keyed(v) for v in value]
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
@@ -111,8 +121,54 @@ class DataConfig(_Section):
         return self
 
 
+class ImportColumns(_Section):
+    """Column names of an imported ``jsonl``/``parquet`` file (TRL's prompt-completion layout by
+    default; conversational when the values are lists of {role, content})."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    id: str = "id"  # optional: matched against the prompt set's ``id`` column
+    finish_reason: str = "finish_reason"  # optional: default "stop"
+    logprobs: str = "logprobs"  # optional: OpenAI ``logprobs`` object, or a list of floats
+    model: str = "model"  # optional: the model that sampled the row
+
+
+class ImportConfig(_Section):
+    """``generate.backend: import``: rollouts made elsewhere (docs/import.md)."""
+
+    format: Literal["openai-batch", "jsonl", "parquet"]
+    # openai-batch: the batch input file (one request per line, with ``custom_id``).
+    requests: ByContent[str | None] = None
+    # openai-batch: the batch output file; jsonl/parquet: the data file.
+    results: ByContent[str]
+    columns: ImportColumns = ImportColumns()
+    # auto: by id when the prompt set has an ``id`` column, else by the rendered dialogue.
+    match: Literal["auto", "id", "dialogue"] = "auto"
+    # Behaviour log-probs recomputed with the configured model (model.path) instead of the
+    # file's: for objectives that need them when the file has none (or none that align).
+    recompute_logprobs: bool = False
+    # Rounds whose generate stage imports the file; the others sample from the round's policy
+    # with ``then_backend`` (round 2+ samples from round 1's trained model).
+    rounds: tuple[int, ...] = Field((1,), min_length=1)
+    then_backend: Literal["hf", "openai", "vllm"] = "hf"
+
+    @model_validator(mode="after")
+    def _files(self) -> ImportConfig:
+        if self.format == "openai-batch" and not self.requests:
+            raise ValueError("generate.import.format=openai-batch needs generate.import.requests (the batch input file)")
+        if self.format != "openai-batch" and self.requests:
+            raise ValueError(f"generate.import.requests is only read with format=openai-batch (format is {self.format}); "
+                             "put the data file in generate.import.results")
+        if any(r < 1 for r in self.rounds):
+            raise ValueError(f"generate.import.rounds: rounds start at 1, got {list(self.rounds)}")
+        return self
+
+
 class GenerateConfig(_Section):
-    backend: Literal["hf", "openai", "vllm"] = "hf"
+    backend: Literal["hf", "openai", "vllm", "import"] = "hf"
+    # import: the files and how to read them (``generate.import.*``; ``import`` is a Python
+    # keyword, hence the attribute name ``import_``).
+    import_: Annotated[ImportConfig | None, KeyedWhenSet()] = Field(None, alias="import")
     # openai: the server's base URL and the model name it serves; token ids are computed with
     # the local tokenizer of ``model.path`` (or the embedded model).
     base_url: Operational[str | None] = None
@@ -142,6 +198,21 @@ class GenerateConfig(_Section):
     def shard_prompts(self) -> int:
         return self.prompts_per_shard or max(1, self.shard_rows // self.num_samples)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _import_section(self) -> GenerateConfig:
+        if self.backend == "import" and self.import_ is None:
+            raise ValueError("generate.backend=import needs a generate.import section (format, results; see docs/import.md)")
+        if self.backend != "import" and self.import_ is not None:
+            raise ValueError(f"generate.import is set but generate.backend={self.backend}; set generate.backend=import")
+        return self
+
+    def for_round(self, round_: int) -> GenerateConfig:
+        """The generate config of round ``round_``: an import applies to its rounds only, the
+        others sample with ``generate.import.then_backend``."""
+        if self.import_ is None or round_ in self.import_.rounds:
+            return self
+        return self.model_copy(update={"backend": self.import_.then_backend, "import_": None})
 
 
 class AdvantageConfig(_Section):

@@ -1,7 +1,8 @@
 """Fault injection for the crash-consistency tests: ``GRAO_PIPE_KILL_AT=<point>[,<point>...]``
 SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a scheduler or the
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
-(after checkpoint n is committed), ``train.export`` (half-way through writing the export),
+(after checkpoint n is committed), ``generate.import:<i>`` (after an import committed shard i),
+``train.export`` (half-way through writing the export),
 ``train.exported`` (export done, manifest not yet written), ``train.publish`` (mid-publication
 to an object store). Unset (always, outside tests): nothing happens.
 """

@@ -35,7 +35,8 @@ def required_columns(cfg: TrainConfig) -> dict[str, str]:
     """Columns the objective needs non-null, with what to do when they are missing."""
     need: dict[str, str] = {}
     ref_hint = "set score.reference_logprobs=true and re-run score"
-    beh_hint = "generate with a backend that returns log-probs (hf, vllm)"
+    beh_hint = ("generate with a backend that returns log-probs (hf, vllm; with generate.backend=import: "
+                "log-probs that align with the policy's tokens, or generate.import.recompute_logprobs=true)")
     if cfg.objective == "dpo" and cfg.dpo_pairs == "samples":
         need |= {"ref_logprobs": ref_hint, "ref_reference_logprobs": ref_hint}
     if cfg.objective == "dpo" and cfg.dpo_pairs == "dataset":
