@@ -529,6 +529,10 @@ def _sniff(path: Path, ic: ImportConfig) -> dict[str, Any]:
                 continue
             if not isinstance(row, dict):
                 continue
+            for key, name in (("prompt", cols.prompt), ("completion", cols.completion)):
+                if name not in row:
+                    raise InputError(f"{path}: no column {name!r} in its first row (columns: {', '.join(row)}); "
+                                     f"set generate.import.columns.{key}")
             schema: dict[str, Any] = {}
             for name in (cols.prompt, cols.completion):
                 schema[name] = pl.List(_MESSAGE) if isinstance(row.get(name), list) else pl.String
