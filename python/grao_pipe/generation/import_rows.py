@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -49,56 +50,46 @@ def _ends(enc: Any) -> list[int]:
     return [e for _, e in offs]
 
 
-def align(tok: PolicyTokenizer, texts: list[str], ids: list[list[int]], stops: list[bool],
-          tokens: list[list[str] | None], values: list[list[float] | None], counts: LogprobCounts
-          ) -> list[list[float] | None]:
-    """Per completion, the file's log-probs if they belong to ``ids`` (the policy's tokens,
-    EOS included for a stop), else None."""
-    out: list[list[float] | None] = [None] * len(ids)
-    eos_text = {"", str(tok.tok.eos_token or "")}
-    strings: list[int] = []
-    for i, (vals, toks) in enumerate(zip(values, tokens, strict=True)):
-        if vals is None:
-            counts.absent += 1
-            continue
-        if any(v is None for v in vals):
-            counts.unaligned += 1
-            continue
-        if toks is None:  # bare floats: one per token, or nothing we can check
-            ok = len(vals) == len(ids[i])
-        elif toks and all(t is not None and t.startswith(_ID_PREFIX) for t in toks):
-            try:
-                ok = [int(t[len(_ID_PREFIX):]) for t in toks] == ids[i]
-            except ValueError:
-                ok = False
-        else:
-            strings.append(i)
-            continue
-        if ok:
-            out[i] = [float(v) for v in vals]
-            counts.kept += 1
-        else:
-            counts.unaligned += 1
-    if strings:
-        encs = encode_batch(tok, [texts[i] for i in strings], offsets=True)
-        for i, enc in zip(strings, encs, strict=True):
-            toks, vals = tokens[i], values[i]
-            assert toks is not None and vals is not None
-            n = len(ids[i]) - stops[i]  # the text's tokens, without the EOS a stop ends with
-            ok = len(toks) == len(ids[i]) and (not stops[i] or toks[-1] in eos_text)
-            if ok:
-                text_toks = toks[:n]
-                ends, pos = [], 0
-                for t in text_toks:
-                    pos += len(t or "")
-                    ends.append(pos)
-                ok = "".join(t or "" for t in text_toks) == texts[i] and ends == _ends(enc)
-            if ok:
-                out[i] = [float(v) for v in vals]
-                counts.kept += 1
-            else:
-                counts.unaligned += 1
-    return out
+def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.Array:
+    """Per completion of ``df`` (``response``, ``ids``: the policy's tokens with EOS after a stop,
+    ``stop``, ``lp_tokens``, ``lp_values``), the file's log-probs if they belong to ``ids``, else
+    null. Token-id and bare-float forms are compared in Polars; token strings (which need the
+    tokenizer's offsets) one by one."""
+    toks, vals, ids = pl.col("lp_tokens"), pl.col("lp_values"), pl.col("ids")
+    has = vals.is_not_null() & ~vals.list.eval(pl.element().is_null()).list.any()
+    id_form = toks.is_not_null() & (toks.list.len() > 0) & toks.list.eval(
+        pl.element().str.starts_with(_ID_PREFIX)).list.all()
+    as_ids = toks.list.eval(pl.element().str.strip_prefix(_ID_PREFIX).cast(pl.Int64, strict=False).cast(pl.Int32,
+                                                                                                      strict=False))
+    same_len = vals.list.len() == ids.list.len()
+    flags = df.select(
+        absent=vals.is_null(),
+        ok=has & same_len & pl.when(toks.is_null()).then(True).when(id_form).then(as_ids == ids).otherwise(False)
+        .fill_null(False),
+        strings=has & same_len & toks.is_not_null() & ~id_form,
+    )
+    ok = flags["ok"].to_numpy().copy()
+    rows = np.nonzero(flags["strings"].to_numpy())[0].tolist()
+    if rows:
+        sub = df[rows]
+        texts, stops = sub["response"].to_list(), sub["stop"].to_list()
+        eos_text = {"", str(tok.tok.eos_token or "")}
+        encs = encode_batch(tok, texts, offsets=True)
+        for i, text, stop, t, enc in zip(rows, texts, stops, sub["lp_tokens"].to_list(), encs, strict=True):
+            body = t[:-1] if stop else t  # a stop's last entry is its EOS token
+            if stop and t[-1] not in eos_text:
+                continue
+            ends, pos = [], 0
+            for piece in body:
+                pos += len(piece or "")
+                ends.append(pos)
+            ok[i] = "".join(piece or "" for piece in body) == text and ends == _ends(enc)
+    absent = int(flags["absent"].sum())
+    counts.absent += absent
+    counts.kept += int(ok.sum())
+    counts.unaligned += df.height - absent - int(ok.sum())
+    kept = df.select(lp=pl.when(pl.Series(ok)).then(vals.cast(pl.List(pl.Float32))))["lp"]
+    return kept.to_arrow()
 
 
 def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, digest16: str
@@ -135,16 +126,16 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     texts = df["response"].to_list()
     stops = (df["finish_reason"] == "stop").to_list()
     resp = encode_batch(tok, texts)
-    ids = [[*r, tok.eos_id] if s else r for r, s in zip(resp, stops, strict=True)]
+    ids = pa.array([[*r, tok.eos_id] if s else r for r, s in zip(resp, stops, strict=True)], pa.list_(pa.int32()))
     counts = LogprobCounts()
-    lps = align(tok, texts, ids, stops, df["lp_tokens"].to_list(), df["lp_values"].to_list(), counts)
+    lps = align(tok, df.with_columns(ids=pl.from_arrow(ids), stop=pl.Series(stops)), counts)
     models = df["model"].fill_null("unknown")
     cols: dict[str, Any] = {name: prompt_cols[name] for name in per_prompt.column_names}
     cols |= {
         "sample_idx": df["sample_idx"].to_arrow(),
         "response": pa.array(texts, pa.string()),
-        "response_token_ids": pa.array(ids, pa.list_(pa.int32())),
-        "behaviour_logprobs": pa.array(lps, pa.list_(pa.float32())),
+        "response_token_ids": ids,
+        "behaviour_logprobs": lps,
         "finish_reason": df["finish_reason"].to_arrow(),
         "temperature": df["temperature"].to_arrow(), "top_p": df["top_p"].to_arrow(),
         "max_new_tokens": df["max_new_tokens"].to_arrow(), "seed": df["seed"].to_arrow(),
