@@ -92,6 +92,27 @@ def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.A
     return kept.to_arrow()
 
 
+def with_eos(lists: pa.ListArray, stop: np.ndarray, eos: int) -> pa.ListArray:
+    """``lists`` with ``eos`` appended to the rows where ``stop`` (a stop's last token), in numpy."""
+    offsets = lists.offsets.to_numpy() - lists.offsets[0].as_py()  # a slice starts past 0
+    values = lists.flatten().to_numpy(zero_copy_only=False)
+    values = np.insert(values, offsets[1:][stop], eos).astype(np.int32)
+    shift = np.concatenate([[0], np.cumsum(stop)]).astype(offsets.dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets + shift), pa.array(values))
+
+
+def shard_stats(table: pa.Table) -> dict[str, int]:
+    """The manifest entry's stats of a generate shard (``GenerateShardStats``), computed before it
+    is written so the merge reads only the shards' footers."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(table["response_token_ids"])
+    return {"groups": pc.count_distinct(table["group_id"]).as_py() if table.num_rows else 0,
+            "response_tokens": pc.sum(lengths).as_py() or 0, "max_response_tokens": pc.max(lengths).as_py() or 0,
+            "truncated_responses": pc.sum(pc.equal(table["finish_reason"], "length")).as_py() or 0,
+            "prompts_skipped_overlong": 0, "prompts_truncated": 0}
+
+
 def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, digest16: str
                 ) -> tuple[pa.Table, LogprobCounts, set[str]]:
     """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
@@ -125,8 +146,7 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     prompt_cols = per_prompt.take(take)
     texts = df["response"].to_list()
     stops = (df["finish_reason"] == "stop").to_list()
-    resp = encode_batch(tok, texts)
-    ids = pa.array([[*r, tok.eos_id] if s else r for r, s in zip(resp, stops, strict=True)], pa.list_(pa.int32()))
+    ids = with_eos(pa.array(encode_batch(tok, texts), pa.list_(pa.int32())), np.array(stops, bool), tok.eos_id)
     counts = LogprobCounts()
     lps = align(tok, df.with_columns(ids=pl.from_arrow(ids), stop=pl.Series(stops)), counts)
     models = df["model"].fill_null("unknown")

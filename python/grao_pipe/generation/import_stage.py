@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from grao_pipe.config import GenerateConfig
 from grao_pipe.faults import kill_point
-from grao_pipe.generation.import_rows import build_table
+from grao_pipe.generation.import_rows import build_table, shard_stats
 from grao_pipe.generation.importer import (
     Spill,
     finish_quarantine,
@@ -29,7 +29,7 @@ from grao_pipe.generation.importer import (
 )
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.manifests import GenerateManifest, GenerateShardStats, GenerateStats
-from grao_pipe.schemas import GENERATE_SCHEMA, QUARANTINE_NAME, shard_name
+from grao_pipe.schemas import GENERATE_SCHEMA, META_STATS, QUARANTINE_NAME, shard_name
 from grao_pipe.stages.base import Outcome, Part, Target, Timer
 
 if TYPE_CHECKING:
@@ -80,7 +80,8 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
                     table = table.set_column(col, table.schema.field(col), pa.array(lps, pa.list_(pa.float32())))
                 meta = {"kept": counts.kept, "absent": counts.absent, "unaligned": counts.unaligned,
                         "models": sorted(models)}
-            target.dir.write_shard(names[i], table, "generate", meta={META_IMPORT: json.dumps(meta).encode()})
+            target.dir.write_shard(names[i], table, "generate", meta={META_IMPORT: json.dumps(meta).encode(),
+                                                                      META_STATS: json.dumps(shard_stats(table)).encode()})
             kill_point(f"generate.import:{i}")
     finally:
         spill.close()
@@ -93,12 +94,10 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
 
 
 def _merge(p: Pipeline, target: Target, names: list[str], sc: Any, recomputed: bool, timer: Timer) -> Outcome:
-    from grao_pipe.stages.generate import _entry
-
     pset = p.prompt_set
     lines = "".join(json.dumps(q) + "\n" for q in pset.quarantined) + quarantine_lines(sc.q)
     target.dir.write_file(QUARANTINE_NAME, lines.encode())
-    entries = [_entry(target.dir, name) for name in names]
+    entries = [target.dir.committed_entry(name, META_STATS) for name in names]  # footers, no decoding
     per_shard = [GenerateShardStats.model_validate(e.stats) for e in entries]
     lp = {"kept": 0, "absent": 0, "unaligned": 0}
     for name in names:
