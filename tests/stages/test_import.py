@@ -305,3 +305,17 @@ def test_config_keys_of_the_import_section(tiny_config, tmp_path):
     two = load_config(None, [*base, "generate.import.then_backend=hf"])
     assert keyed(two.generate.for_round(2)) == keyed(load_config(None).generate)
     assert keyed(two.generate)["import"]["format"] == "jsonl"
+
+
+def test_two_shard_workers_import_what_one_does(tiny_config, model, tok, tmp_path):
+    prompts, requests, results = _batch_files(tmp_path, tok)
+    imp = {"format": "openai-batch", "requests": str(requests), "results": str(results)}
+    one = _config(tiny_config, model, prompts, imp, **{"generate.prompts_per_shard": 1})
+    whole = run_stage("generate", one)
+    split = _config(tiny_config, model, prompts, imp, **{"generate.prompts_per_shard": 1,
+                                                        "workdir": str(tmp_path / "split")})
+    a = run_stage("generate", split, part=(0, 2))
+    assert a.manifest is None  # the other worker's shards are missing
+    b = run_stage("generate", split, part=(1, 2))
+    assert b.manifest is not None and b.manifest.stats.imported == whole.manifest.stats.imported
+    assert [s.sha256 for s in b.manifest.shards] == [s.sha256 for s in whole.manifest.shards]
