@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from stage_runner import run_stage
 
@@ -166,7 +165,7 @@ def test_out_of_order_results_give_the_same_rows_and_the_key_follows_content_not
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     prompts, requests, results = _batch_files(a, tok)
-    _, requests_b, results_b = _batch_files(b, tok, shuffle=True)
+    _, _, results_b = _batch_files(b, tok, shuffle=True)
     imp = {"format": "openai-batch", "requests": str(requests), "results": str(results)}
     first = run_stage("generate", _config(tiny_config, model, prompts, imp))
     shuffled = run_stage("generate", _config(tiny_config, model, prompts, {**imp, "results": str(results_b)}))
@@ -256,7 +255,7 @@ def test_too_many_unusable_records_refuse_the_import(tiny_config, model, tmp_pat
                                           r"prompt.*max_quarantine_share=0.2"):
         run_stage("generate", cfg)
     missing = _config(tiny_config, model, prompts, {"format": "jsonl", "results": str(data), "columns": {"prompt": "p"}})
-    with pytest.raises(InputError, match="no column 'p'.*generate.import.columns.prompt"):
+    with pytest.raises(InputError, match=r"no column 'p'.*generate\.import\.columns\.prompt"):
         run_stage("generate", missing)
 
 
@@ -283,7 +282,7 @@ def test_an_objective_needing_behaviour_logprobs_names_the_import_option(tiny_co
     run_stage("generate", cfg)
     sc = run_stage("score", cfg)
     shards = [sc.target.dir.member(s.name) for s in sc.manifest.shards]
-    with pytest.raises(InputError, match="behaviour_logprobs.*generate.import.recompute_logprobs=true"):
+    with pytest.raises(InputError, match=r"behaviour_logprobs.*generate\.import\.recompute_logprobs=true"):
         check_columns(cfg.train, shards)
 
 
@@ -295,9 +294,9 @@ def test_config_keys_of_the_import_section(tiny_config, tmp_path):
         load_config(None, [*base, "generate.import.resluts=x"])
     with pytest.raises(ConfigError, match=r"generate.import.requests \(the batch input file\)"):
         load_config(None, ["generate.backend=import", "generate.import.format=openai-batch", "generate.import.results=x"])
-    with pytest.raises(ConfigError, match="generate.backend=import needs a generate.import section"):
+    with pytest.raises(ConfigError, match=r"generate\.backend=import needs a generate\.import section"):
         load_config(None, ["generate.backend=import"])
-    with pytest.raises(ConfigError, match="set generate.backend=import"):
+    with pytest.raises(ConfigError, match=r"set generate\.backend=import"):
         load_config(None, base[1:])
     # Round 2 samples with then_backend: its generate config (and key) is a plain hf one.
     from grao_pipe.config import keyed

@@ -148,7 +148,7 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     stops = (df["finish_reason"] == "stop").to_list()
     ids = with_eos(pa.array(encode_batch(tok, texts), pa.list_(pa.int32())), np.array(stops, bool), tok.eos_id)
     counts = LogprobCounts()
-    lps = align(tok, df.with_columns(ids=pl.from_arrow(ids), stop=pl.Series(stops)), counts)
+    lps = align(tok, df.with_columns(ids=pl.Series("ids", ids), stop=pl.Series(stops)), counts)
     models = df["model"].fill_null("unknown")
     cols: dict[str, Any] = {name: prompt_cols[name] for name in per_prompt.column_names}
     cols |= {

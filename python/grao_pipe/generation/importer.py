@@ -310,7 +310,7 @@ class Spill:
             return
         df = df.with_columns(_shard=pl.col("prompt_idx") // self.per).filter(pl.col("_shard").is_in(list(self.wanted)))
         for (shard,), part in df.partition_by("_shard", as_dict=True).items():
-            part.drop("_shard").select(SPILL_COLUMNS).write_ipc(self.dir / f"{int(shard):05d}-{self.n:06d}.arrow")  # type: ignore[call-overload]
+            part.drop("_shard").select(SPILL_COLUMNS).write_ipc(self.dir / f"{int(shard):05d}-{self.n:06d}.arrow")
             self.n += 1
 
     def read(self, shard: int) -> pl.DataFrame | None:

@@ -178,4 +178,4 @@ class Generate(Stage):
         return [f"{st.prompts} prompts, {st.samples} samples; response tokens mean {st.mean_response_tokens:.1f}, "
                 f"max {st.max_response_tokens}; truncated responses {st.truncated_responses}; prompts skipped "
                 f"(too long) {st.prompts_skipped_overlong}, truncated {st.prompts_truncated}; rows quarantined "
-                f"{st.quarantined_rows}"] + _import_summary(st.imported)
+                f"{st.quarantined_rows}", *_import_summary(st.imported)]
