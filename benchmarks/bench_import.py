@@ -7,7 +7,7 @@ seconds and peak memory (max RSS) of each; row counts and token ids checked equa
 
 The input is made here: --rows completions, --group choices per request (n), one request per
 prompt (a distinct "a+b=" prompt with an `id`, matched by `custom_id`), responses of about a
-dozen tokens with vLLM `token_id:N` log-probs (return_tokens_as_token_ids), 10% of them cut at
+dozen tokens with vLLM's /v1/completions log-probs as `token_id:N` (return_tokens_as_token_ids), 10% cut at
 the length limit; the tokenizer is a byte-level BPE trained here (4096 tokens, a stand-in model
 directory: the import reads only the tokenizer and config.json).
 
@@ -46,13 +46,12 @@ eos = tok.eos_token_id
 req = pl.read_ndjson(req_path, schema={"custom_id": pl.String, "body": pl.Struct({"prompt": pl.String})})
 res = pl.read_ndjson(res_path, schema={"custom_id": pl.String, "response": pl.Struct({"body": pl.Struct({
     "model": pl.String, "choices": pl.List(pl.Struct({"index": pl.Int64, "text": pl.String, "finish_reason": pl.String,
-    "logprobs": pl.Struct({"content": pl.List(pl.Struct({"token": pl.String, "logprob": pl.Float64}))})}))})})})
+    "logprobs": pl.Struct({"token_logprobs": pl.List(pl.Float64)})}))})})})
 c = pl.col("c")
 rows = (res.select("custom_id", c=pl.col("response").struct.field("body").struct.field("choices")).explode("c")
         .select("custom_id", index=c.struct.field("index"), response=c.struct.field("text"),
                 finish_reason=c.struct.field("finish_reason"),
-                behaviour_logprobs=c.struct.field("logprobs").struct.field("content")
-                .list.eval(pl.element().struct.field("logprob")).cast(pl.List(pl.Float32)))
+                behaviour_logprobs=c.struct.field("logprobs").struct.field("token_logprobs").cast(pl.List(pl.Float32)))
         .join(req.select("custom_id", prompt=pl.col("body").struct.field("prompt")), on="custom_id"))
 backend = tok.backend_tokenizer
 def ids(texts, stops=None):
@@ -107,11 +106,12 @@ def make_input(root: Path, rows: int, g: int) -> Path:
                 for j in range(g):
                     t = (p - lo) * g + j
                     ids = [*encs[t], eos] if stops[t] else encs[t]
-                    content = [{"token": f"token_id:{i}", "logprob": float(lps[k + m]), "bytes": None, "top_logprobs": []}
-                               for m, i in enumerate(ids)]
+                    # /v1/completions' log-probs (vLLM's legacy form, token ids as ``token_id:N``).
+                    logprobs = {"text_offset": list(range(len(ids))), "token_logprobs": lps[k : k + len(ids)].tolist(),
+                                "tokens": [f"token_id:{i}" for i in ids], "top_logprobs": None}
                     k += len(ids)
                     choices.append({"index": j, "text": texts[t], "finish_reason": "stop" if stops[t] else "length",
-                                    "logprobs": {"content": content}})
+                                    "logprobs": logprobs})
                 rs.write(json.dumps({"id": f"vllm-{p}", "custom_id": cid, "response": {"status_code": 200, "request_id": cid,
                          "body": {"id": f"cmpl-{p}", "object": "text_completion", "created": 0, "model": "policy",
                                   "choices": choices}}, "error": None}) + "\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from stage_runner import run_stage
 
@@ -318,3 +319,29 @@ def test_two_shard_workers_import_what_one_does(tiny_config, model, tok, tmp_pat
     b = run_stage("generate", split, part=(1, 2))
     assert b.manifest is not None and b.manifest.stats.imported == whole.manifest.stats.imported
     assert [s.sha256 for s in b.manifest.shards] == [s.sha256 for s in whole.manifest.shards]
+
+
+def test_completions_endpoint_with_legacy_logprobs_beside_chat_requests(tiny_config, model, tok, tmp_path):
+    """/v1/completions results carry ``logprobs.tokens/token_logprobs`` (vLLM: ``token_id:N``);
+    a batch may mix them with chat requests."""
+    prompts = _jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "1+2=", "reference": "3"},
+                                            {"id": "b", "messages": [{"role": "user", "content": CHAT["q1"]}],
+                                             "reference": "3"}])
+    ids = [*tok.encode("3"), tok.eos_id]
+    legacy = {"tokens": [f"token_id:{i}" for i in ids], "token_logprobs": [-0.25] * len(ids), "text_offset": [0, 1],
+              "top_logprobs": None}
+    body = Completion.model_validate({"id": "c", "object": "text_completion", "created": 1, "model": "m",
+                                      "choices": [{"index": k, "text": "3", "finish_reason": "stop",
+                                                   "logprobs": legacy if k == 0 else None} for k in range(2)]})
+    requests = _jsonl(tmp_path / "rq.jsonl", [
+        {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": "1+2=", "n": 2}},
+        _request("b", CHAT["q1"], 2)])
+    results = _jsonl(tmp_path / "rs.jsonl", [
+        _ok("b", [_choice(0, "3"), _choice(1, "4")]),
+        {"id": "x", "custom_id": "a", "response": {"status_code": 200, "body": body.model_dump(mode="json")}, "error": None}])
+    out = run_stage("generate", _config(tiny_config, model, prompts, {"format": "openai-batch", "requests": str(requests),
+                                                                      "results": str(results)}))
+    rows = _rows(out)
+    assert [(r["prompt_idx"], r["response"]) for r in rows] == [(0, "3"), (0, "3"), (1, "3"), (1, "4")]
+    assert rows[0]["behaviour_logprobs"] == pytest.approx([-0.25] * len(ids)) and rows[1]["behaviour_logprobs"] is None
+    assert rows[0]["temperature"] == pytest.approx(1.0) and rows[0]["max_new_tokens"] == 3  # API / config defaults

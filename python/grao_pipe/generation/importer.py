@@ -60,15 +60,22 @@ _REQUEST = {
 }
 _LOGPROBS = pl.Struct({"content": pl.List(pl.Struct({"token": pl.String, "logprob": pl.Float64})),
                        "tokens": pl.List(pl.String), "token_logprobs": pl.List(pl.Float64)})
-_CHOICE = pl.Struct({"index": pl.Int64, "message": pl.Struct({"content": pl.String}), "text": pl.String,
-                     "finish_reason": pl.String, "logprobs": _LOGPROBS})
-_RESULT = {
-    "custom_id": pl.String,
-    "response": pl.Struct({"status_code": pl.Int64,
-                           "body": pl.Struct({"model": pl.String, "choices": pl.List(_CHOICE),
-                                              "error": pl.Struct({"message": pl.String})})}),
-    "error": pl.String,
-}
+
+
+def result_schema(chat: bool = True, completions: bool = True) -> dict[str, Any]:
+    """A result line's fields: chat choices carry ``message`` and ``logprobs.content``,
+    ``/v1/completions`` choices ``text`` and ``logprobs.tokens/token_logprobs``. A batch of one
+    endpoint only reads its own (fewer fields: faster parsing)."""
+    lp = {"content": _LOGPROBS.to_schema()["content"]} if chat else {}
+    if completions:
+        lp |= {"tokens": pl.List(pl.String), "token_logprobs": pl.List(pl.Float64)}
+    choice: dict[str, Any] = {"index": pl.Int64, "finish_reason": pl.String, "logprobs": pl.Struct(lp)}
+    if chat:
+        choice["message"] = pl.Struct({"content": pl.String})
+    if completions:
+        choice["text"] = pl.String
+    body = pl.Struct({"model": pl.String, "choices": pl.List(pl.Struct(choice)), "error": pl.Struct({"message": pl.String})})
+    return {"custom_id": pl.String, "response": pl.Struct({"status_code": pl.Int64, "body": body}), "error": pl.String}
 
 # One usable completion, as spilled between passes 2 and 3.
 SPILL_COLUMNS = ["prompt_idx", "order", "choice", "response", "finish_reason", "lp_tokens", "lp_values", "model",
@@ -349,6 +356,7 @@ def _scan_batch(req_path: Path, res_path: Path, gc: GenerateConfig, index: Promp
     q = sc.q
     # Pass 1: the request index.
     parts = []
+    urls: set[str] = set()
     for df in read_jsonl(req_path, _REQUEST, "requests", q):
         q.items += df.height
         body = pl.col("body")
@@ -359,6 +367,8 @@ def _scan_batch(req_path: Path, res_path: Path, gc: GenerateConfig, index: Promp
                   "body.prompt (text)", "unmatched", custom_id=cid)
         df = df.filter(pl.col("key").is_not_null() & pl.col("custom_id").is_not_null())
         df = index.match(df, "requests", q, "custom_id")
+        urls.update("/chat/completions" if u and u.rstrip("/").endswith("/chat/completions") else "/completions"
+                    for u in df["url"].unique().to_list())
         parts.append(df.select(
             "custom_id", "line", "prompt_idx",
             temperature=body.struct.field("temperature").fill_null(1.0),  # the API's defaults
@@ -368,6 +378,7 @@ def _scan_batch(req_path: Path, res_path: Path, gc: GenerateConfig, index: Promp
             seed=body.struct.field("seed").fill_null(-1),
         ))
     reqs = pl.concat(parts) if parts else pl.DataFrame(schema={"custom_id": pl.String, "line": pl.Int64})
+    chat, completions = ("/chat/completions" in urls, bool(urls - {"/chat/completions"})) if urls else (True, True)
     dup = reqs.filter(pl.col("custom_id").is_duplicated() & (pl.col("line") != pl.col("line").min().over("custom_id")))
     for cid, line in dup.select("custom_id", "line").iter_rows():
         q.add("requests", line, f"duplicate custom_id {cid!r} (the batch API needs them unique)", "duplicate", custom_id=cid)
@@ -376,7 +387,8 @@ def _scan_batch(req_path: Path, res_path: Path, gc: GenerateConfig, index: Promp
         np.add.at(sc.records, reqs["prompt_idx"].to_numpy(), 1)
     seen = np.zeros(reqs.height, bool)
     # Pass 2: results, in any order.
-    for df in read_jsonl(res_path, _RESULT, "results", q):
+    schema = result_schema(chat, completions)
+    for df in read_jsonl(res_path, schema, "results", q):
         df = df.join(reqs.select("custom_id", "req", "prompt_idx", "temperature", "top_p", "max_new_tokens", "seed"),
                      on="custom_id", how="left")
         orphan = df.filter(pl.col("req").is_null())
@@ -416,11 +428,13 @@ def _scan_batch(req_path: Path, res_path: Path, gc: GenerateConfig, index: Promp
         ch = ch.filter(c.is_not_null()).select(
             "prompt_idx", "line", "custom_id", "model", "temperature", "top_p", "max_new_tokens", "seed",
             order=pl.col("req"), choice=pl.coalesce(c.struct.field("index"), pl.int_range(pl.len()).over("req")),
-            response=pl.coalesce(c.struct.field("message").struct.field("content"), c.struct.field("text")),
+            response=pl.coalesce(([c.struct.field("message").struct.field("content")] if chat else [])
+                                 + ([c.struct.field("text")] if completions else [])),
             finish_reason=c.struct.field("finish_reason").fill_null("stop"),
-            lp_tokens=pl.coalesce(content.list.eval(pl.element().struct.field("token")), lp.struct.field("tokens")),
-            lp_values=pl.coalesce(content.list.eval(pl.element().struct.field("logprob")),
-                                  lp.struct.field("token_logprobs")),
+            lp_tokens=pl.coalesce(([content.list.eval(pl.element().struct.field("token"))] if chat else [])
+                                  + ([lp.struct.field("tokens")] if completions else [])),
+            lp_values=pl.coalesce(([content.list.eval(pl.element().struct.field("logprob"))] if chat else [])
+                                  + ([lp.struct.field("token_logprobs")] if completions else [])),
         )
         _keep(ch, "results", spill, sc)
     for cid, line in reqs.filter(~pl.Series(seen)).select("custom_id", "line").iter_rows():
