@@ -88,6 +88,8 @@ def test_run_import_score_train_then_round_two_samples_and_eval(tmp_path):
     assert len(list((tmp_path / "work" / "train").glob("*/model/config.json"))) == 2
     assert list((tmp_path / "work" / "eval").glob("*/_manifest.json"))
 
+    status = cli("status", "-c", str(cfg))  # keys of an import are computed without running anything
+    assert status.returncode == 0 and status.stdout.count("done") >= 6, status.stdout + status.stderr
     shown = cli("datasets", "show", "-c", str(cfg), gens[1][0].name[:10])
     assert shown.returncode == 0, shown.stderr
     card = json.loads(shown.stdout)
