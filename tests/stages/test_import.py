@@ -345,3 +345,15 @@ def test_completions_endpoint_with_legacy_logprobs_beside_chat_requests(tiny_con
     assert [(r["prompt_idx"], r["response"]) for r in rows] == [(0, "3"), (0, "3"), (1, "3"), (1, "4")]
     assert rows[0]["behaviour_logprobs"] == pytest.approx([-0.25] * len(ids)) and rows[1]["behaviour_logprobs"] is None
     assert rows[0]["temperature"] == pytest.approx(1.0) and rows[0]["max_new_tokens"] == 3  # API / config defaults
+
+
+def test_gzipped_jsonl_and_a_missing_file(tiny_config, model, tmp_path):
+    import gzip
+
+    prompts = _chat_prompts(tmp_path, ids=False)
+    data = tmp_path / "conv.jsonl.gz"
+    data.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in _conversational()).encode()))
+    rows = _rows(run_stage("generate", _config(tiny_config, model, prompts, {"format": "jsonl", "results": str(data)})))
+    assert [r["response"] for r in rows] == ["3", "4", "日本7", "7"]
+    with pytest.raises(InputError, match=r"generate\.import\.results: .*nope\.jsonl does not exist"):
+        run_stage("generate", _config(tiny_config, model, prompts, {"format": "jsonl", "results": str(tmp_path / "nope.jsonl")}))

@@ -111,9 +111,15 @@ class Quarantine:
 def import_inputs(p: Pipeline, ic: ImportConfig) -> dict[str, Any]:
     """What an import's key hashes besides the config: the files' contents (never their paths)
     and the smallest usable group (group objectives need 2 completions to compare)."""
-    files = {"results": {"sha256": content_sha256(p.input(ic.results))}}
-    if ic.requests:
-        files["requests"] = {"sha256": content_sha256(p.input(ic.requests))}
+    files = {}
+    for role in ("requests", "results"):
+        location = getattr(ic, role)
+        if location is None:
+            continue
+        path = p.input(location)
+        if not path.is_file():
+            raise InputError(f"generate.import.{role}: {location} does not exist; check the path")
+        files[role] = {"sha256": content_sha256(path)}
     return {**files, "min_group": min_group(p)}
 
 
@@ -126,8 +132,13 @@ def min_group(p: Pipeline) -> int:
 
 def _chunks(path: Path, size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
     """(number of the chunk's first line, 1-based; whole lines of about ``size`` bytes)."""
+    import gzip
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; check generate.import.requests / generate.import.results")
     line = 1
-    with open(path, "rb") as f:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
         rest = b""
         while True:
             block = f.read(size)
