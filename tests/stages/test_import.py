@@ -357,3 +357,11 @@ def test_gzipped_jsonl_and_a_missing_file(tiny_config, model, tmp_path):
     assert [r["response"] for r in rows] == ["3", "4", "日本7", "7"]
     with pytest.raises(InputError, match=r"generate\.import\.results: .*nope\.jsonl does not exist"):
         run_stage("generate", _config(tiny_config, model, prompts, {"format": "jsonl", "results": str(tmp_path / "nope.jsonl")}))
+
+
+def test_a_dialogue_two_prompt_rows_share_goes_to_the_first(tiny_config, model, tmp_path):
+    prompts = _jsonl(tmp_path / "p.jsonl", [{"prompt": "1+2=", "reference": "3"}, {"prompt": "1+2=", "reference": "three"},
+                                            {"prompt": "2+2=", "reference": "4"}])
+    data = _jsonl(tmp_path / "r.jsonl", [{"prompt": "1+2=", "completion": c} for c in "345"])
+    rows = _rows(run_stage("generate", _config(tiny_config, model, prompts, {"format": "jsonl", "results": str(data)})))
+    assert [(r["prompt_idx"], r["reference"], r["response"]) for r in rows] == [(0, "3", "3"), (0, "3", "4"), (0, "3", "5")]

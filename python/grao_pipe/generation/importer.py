@@ -228,6 +228,10 @@ class PromptIndex:
         self.table = pl.DataFrame({"prompt_idx": [p.index for p in self.prompts], "pid": ids,
                                    "pkey": [_prompt_key(p) for p in self.prompts]},
                                   schema={"prompt_idx": pl.Int64, "pid": pl.String, "pkey": pl.String})
+        # One prompt per id and per dialogue (the first row): a join never copies a record into
+        # two groups (two rows may share a dialogue with different references).
+        self.ids = self.table.filter(pl.col("pid").is_not_null()).unique("pid", keep="first", maintain_order=True)
+        self.dialogues = self.table.select("pkey", "prompt_idx").unique("pkey", keep="first", maintain_order=True)
         self._rendered: dict[str, int] | None = None
         self._render_cache: dict[str, str] = {}
 
@@ -255,11 +259,11 @@ class PromptIndex:
         """``df`` (with ``key``, ``line`` and ``id_col``) with ``prompt_idx``; unmatched rows are
         quarantined and dropped."""
         if self.by_id and id_col is not None:
-            exact = df.join(self.table.select("pid", "prompt_idx", "pkey"), left_on=id_col, right_on="pid", how="left")
+            exact = df.join(self.ids, left_on=id_col, right_on="pid", how="left")
             # ``<prompt id>:<anything>`` names the same prompt (one request per sample).
             stem = exact.filter(pl.col("prompt_idx").is_null()).drop("prompt_idx", "pkey").with_columns(
                 _stem=pl.col(id_col).str.replace(r":[^:]*$", ""))
-            stem = stem.join(self.table.select("pid", "prompt_idx", "pkey"), left_on="_stem", right_on="pid",
+            stem = stem.join(self.ids, left_on="_stem", right_on="pid",
                              how="left").drop("_stem")
             out = pl.concat([exact.filter(pl.col("prompt_idx").is_not_null()), stem], how="vertical_relaxed")
             bad_id = out.filter(pl.col("prompt_idx").is_null())
@@ -276,7 +280,7 @@ class PromptIndex:
                           "record's", "unmatched", custom_id=rid)
                     wrong.append(line)
             return out.filter(~pl.col("line").is_in(wrong)).drop("pkey")
-        out = df.join(self.table.select("pkey", "prompt_idx"), left_on="key", right_on="pkey", how="left")
+        out = df.join(self.dialogues, left_on="key", right_on="pkey", how="left")
         miss = out.filter(pl.col("prompt_idx").is_null())
         if miss.height:
             found = {}
