@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from grao_pipe.enums import AdvantageMode, Overlong
 from grao_pipe.errors import ConfigError
 from grao_pipe.learner.objectives import DEFAULT, MOVED, OBJECTIVES, Configured
-from grao_pipe.sections import ByContent, Operational, Section
+from grao_pipe.sections import ByContent, KeyedWhenSet, Operational, Section
 
 
 class TinyModelConfig(Section):
@@ -74,8 +74,54 @@ class DataConfig(Section):
         return self
 
 
+class ImportColumns(Section):
+    """Column names of an imported ``jsonl``/``parquet`` file (TRL's prompt-completion layout by
+    default; conversational when the values are lists of {role, content})."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    id: str = "id"  # optional: matched against the prompt set's ``id`` column
+    finish_reason: str = "finish_reason"  # optional: default "stop"
+    logprobs: str = "logprobs"  # optional: OpenAI ``logprobs`` object, or a list of floats
+    model: str = "model"  # optional: the model that sampled the row
+
+
+class ImportConfig(Section):
+    """``generate.backend: import``: rollouts made elsewhere (docs/import.md)."""
+
+    format: Literal["openai-batch", "jsonl", "parquet"]
+    # openai-batch: the batch input file (one request per line, with ``custom_id``).
+    requests: ByContent[str | None] = None
+    # openai-batch: the batch output file; jsonl/parquet: the data file.
+    results: ByContent[str]
+    columns: ImportColumns = ImportColumns()
+    # auto: by id when the prompt set has an ``id`` column, else by the rendered dialogue.
+    match: Literal["auto", "id", "dialogue"] = "auto"
+    # Behaviour log-probs recomputed with the configured model (model.path) instead of the
+    # file's: for objectives that need them when the file has none (or none that align).
+    recompute_logprobs: bool = False
+    # Rounds whose generate stage imports the file; the others sample from the round's policy
+    # with ``then_backend`` (round 2+ samples from round 1's trained model).
+    rounds: tuple[int, ...] = Field((1,), min_length=1)
+    then_backend: Literal["hf", "openai", "vllm"] = "hf"
+
+    @model_validator(mode="after")
+    def _files(self) -> ImportConfig:
+        if self.format == "openai-batch" and not self.requests:
+            raise ValueError("generate.import.format=openai-batch needs generate.import.requests (the batch input file)")
+        if self.format != "openai-batch" and self.requests:
+            raise ValueError(f"generate.import.requests is only read with format=openai-batch (format is {self.format}); "
+                             "put the data file in generate.import.results")
+        if any(r < 1 for r in self.rounds):
+            raise ValueError(f"generate.import.rounds: rounds start at 1, got {list(self.rounds)}")
+        return self
+
+
 class GenerateConfig(Section):
-    backend: Literal["hf", "openai", "vllm"] = "hf"
+    backend: Literal["hf", "openai", "vllm", "import"] = "hf"
+    # import: the files and how to read them (``generate.import.*``; ``import`` is a Python
+    # keyword, hence the attribute name ``import_``).
+    import_: Annotated[ImportConfig | None, KeyedWhenSet()] = Field(None, alias="import")
     # openai: the server's base URL and the model name it serves; token ids are computed with
     # the local tokenizer of ``model.path`` (or the embedded model).
     base_url: Operational[str | None] = None
@@ -105,6 +151,21 @@ class GenerateConfig(Section):
     def shard_prompts(self) -> int:
         return self.prompts_per_shard or max(1, self.shard_rows // self.num_samples)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _import_section(self) -> GenerateConfig:
+        if self.backend == "import" and self.import_ is None:
+            raise ValueError("generate.backend=import needs a generate.import section (format, results; see docs/import.md)")
+        if self.backend != "import" and self.import_ is not None:
+            raise ValueError(f"generate.import is set but generate.backend={self.backend}; set generate.backend=import")
+        return self
+
+    def for_round(self, round_: int) -> GenerateConfig:
+        """The generate config of round ``round_``: an import applies to its rounds only, the
+        others sample with ``generate.import.then_backend``."""
+        if self.import_ is None or round_ in self.import_.rounds:
+            return self
+        return self.model_copy(update={"backend": self.import_.then_backend, "import_": None})
 
 
 class AdvantageConfig(Section):

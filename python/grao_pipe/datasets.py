@@ -84,6 +84,9 @@ def card(d: StageDir, manifest: Manifest) -> dict[str, Any]:
         },
         "response_tokens": _quantiles(lengths),
     }
+    imported = getattr(manifest.stats, "imported", None)
+    if imported:  # generate.backend=import: where the rollouts came from
+        out["import"] = imported
     if manifest.stage == "score":
         rewards = df["reward"].drop_nulls()
         out["reward"] = {"mean": _num(rewards.mean()), "invalid": int(df["reward"].null_count()),

@@ -1,9 +1,9 @@
 """Fault injection for the crash-consistency tests: ``GRAO_PIPE_KILL_AT=<point>[,<point>...]``
 SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a scheduler or the
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
-(after checkpoint n is committed), ``train.export`` (half-way through writing the export),
-``train.exported`` (export done, manifest not yet written). Unset (always, outside tests):
-nothing happens.
+(after checkpoint n is committed), ``generate.import:<i>`` (after an import committed shard i),
+``train.export`` (half-way through writing the export), ``train.exported`` (export done,
+manifest not yet written). Unset (always, outside tests): nothing happens.
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ class GenerateStats(GenerateShardStats):
     samples: int = 0
     mean_response_tokens: float = 0.0
     seconds: float = 0.0
+    # generate.backend=import: formats, files' sha256, model names seen, quarantine and
+    # log-prob counts (docs/import.md); None for sampled outputs.
+    imported: dict[str, Any] | None = None
 
 
 class ScoreStats(ScoreShardStats):

@@ -30,6 +30,12 @@ class Prompt:
     messages: tuple[tuple[str, str], ...] | None  # chat form: (role, content) pairs
     reference: str
     rejected: str | None = None
+    id: str | None = None  # the row's ``id`` column, when it has one (imports match on it)
+
+
+def _row_id(row: dict[str, Any]) -> str | None:
+    v = row.get("id")
+    return str(v) if isinstance(v, (str, int)) and not isinstance(v, bool) else None
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ def _generic(row: dict[str, Any], cfg: DataConfig, index: int) -> Prompt:
         raise _BadRow(f"missing or empty prompt field {cfg.prompt_field!r} (or {cfg.messages_field!r})")
     rejected = row.get(cfg.rejected_field)
     return Prompt(index, text if isinstance(text, str) else None, messages, ref,
-                  rejected if isinstance(rejected, str) else None)
+                  rejected if isinstance(rejected, str) else None, _row_id(row))
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -150,7 +156,7 @@ def _hh(row: dict[str, Any], index: int) -> Prompt:
         raise _BadRow("no Human turn before the final Assistant turn")
     if c[:-1] != r[:-1]:
         raise _BadRow("chosen and rejected dialogues differ before the last turn")
-    return Prompt(index, None, tuple(c[:-1]), c[-1][1], r[-1][1] or None)
+    return Prompt(index, None, tuple(c[:-1]), c[-1][1], r[-1][1] or None, _row_id(row))
 
 
 def load_prompt_set(path: Path, cfg: DataConfig) -> PromptSet:

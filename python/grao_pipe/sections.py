@@ -28,6 +28,12 @@ class Unkeyed:
     why: Literal["operational", "content"]
 
 
+@dataclass(frozen=True)
+class KeyedWhenSet:
+    """Field marker: a ``None`` value stays out of cache keys, so adding an optional section
+    leaves the keys of configs that do not set it (every existing cache) unchanged."""
+
+
 Operational = Annotated[T, Unkeyed("operational")]
 ByContent = Annotated[T, Unkeyed("content")]
 
@@ -52,8 +58,12 @@ def keyed(value: Any) -> Any:
     """What of a config value enters a cache key: its JSON dump without ``Unkeyed`` fields and
     inactive sub-sections, at any depth (sections inside sections, scorer lists)."""
     if isinstance(value, Section):
+        fields = type(value).model_fields
         skip = value.unkeyed_fields().keys() | value.inactive_fields()
-        return {name: keyed(getattr(value, name)) for name in type(value).model_fields if name not in skip}
+        skip |= {name for name, f in fields.items()
+                 if getattr(value, name) is None and any(isinstance(m, KeyedWhenSet) for m in f.metadata)}
+        # A field named after a Python keyword (``import_``) is keyed by its config name (alias).
+        return {(f.alias or name): keyed(getattr(value, name)) for name, f in fields.items() if name not in skip}
     if isinstance(value, (tuple, list)):
         return [keyed(v) for v in value]
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value

@@ -94,6 +94,17 @@ def _entry(d: StageDir, name: str) -> ShardEntry:
     return entry.model_copy(update={"stats": stats.model_dump()})
 
 
+def _import_summary(imported: dict[str, Any] | None) -> list[str]:
+    if not imported:
+        return []
+    lp = imported["behaviour_logprobs"]
+    q = ", ".join(f"{k} {v}" for k, v in imported["quarantined"].items()) or "none"
+    return [f"imported ({imported['format']}) from {imported['records']} records, models "
+            f"{', '.join(imported['models_seen']) or 'unknown'}; quarantined: {q}; behaviour log-probs kept "
+            f"{lp['kept']}, absent {lp['absent']}, unaligned {lp['unaligned']}"
+            + (" (recomputed with the configured model)" if lp["recomputed"] else "")]
+
+
 class Generate(Stage):
     name = "generate"
     help = "Sample G responses per prompt into Parquet shards."
@@ -104,14 +115,24 @@ class Generate(Stage):
 
     def target(self, p: Pipeline, up: Upstream) -> Target:
         cfg = p.cfg
+        gc = cfg.generate.for_round(up.round)
         prompts = {"sha256": content_sha256(check_prompt_file(p.input(cfg.data.prompts))), **keyed(cfg.data)}
-        section = {"generate": keyed(cfg.generate), "trust_remote_code": cfg.model.trust_remote_code}
-        return self.make_target(p, up, section, {"prompts": prompts, "model": up.model("train", -1).digest})
+        section = {"generate": keyed(gc), "trust_remote_code": cfg.model.trust_remote_code}
+        inputs = {"prompts": prompts, "model": up.model("train", -1).digest}
+        if gc.import_ is not None:  # the imported files' contents, never their paths
+            from grao_pipe.generation.importer import import_inputs
+
+            inputs["import"] = import_inputs(p, gc.import_)
+        return self.make_target(p, up, section, inputs)
 
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         k, n_parts = part
         timer = Timer()
-        gc = p.cfg.generate
+        gc = p.cfg.generate.for_round(target.round)
+        if gc.import_ is not None:
+            from grao_pipe.generation.import_stage import execute_import
+
+            return execute_import(p, gc, target, part)
         pset = p.prompt_set
         prompts = pset.prompts
         per = gc.shard_prompts
@@ -163,4 +184,4 @@ class Generate(Stage):
         return [f"{st.prompts} prompts, {st.samples} samples; response tokens mean {st.mean_response_tokens:.1f}, "
                 f"max {st.max_response_tokens}; truncated responses {st.truncated_responses}; prompts skipped "
                 f"(too long) {st.prompts_skipped_overlong}, truncated {st.prompts_truncated}; rows quarantined "
-                f"{st.quarantined_rows}"]
+                f"{st.quarantined_rows}", *_import_summary(st.imported)]

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 StepOut = tuple["torch.Tensor", dict[str, "torch.Tensor"], dict[str, float]]
 
 REFERENCE_LOGPROBS_HINT = "re-run score: it computes reference-model log-probs for this objective"
-BEHAVIOUR_HINT = "generate with a backend that returns log-probs (hf, vllm)"
+BEHAVIOUR_HINT = ("generate with a backend that returns log-probs (hf, vllm; with generate.backend=import: "
+                  "log-probs that align with the policy's tokens, or generate.import.recompute_logprobs=true)")
 
 
 @dataclass(frozen=True)
