@@ -220,6 +220,9 @@ def figure(s: dict[str, Any], metric: str) -> Any:
 
 def write(out: Path, rows: list[dict[str, Any]], cmp: CompareConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """Render every report file into ``out``; returns the summary."""
+    from grao_pipe.extras import require
+
+    require("grao-pipe compare's plots", "matplotlib")
     s = summarise(rows, cmp)
     pngs = []
     for m in _metrics(cmp):
