@@ -202,7 +202,7 @@ def figure(s: dict[str, Any], metric: str) -> Any:
     import matplotlib.pyplot as plt
 
     entries = [v for v in s["variants"] if metric in v["metrics"]]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(entries), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.9 * len(entries)), 3.6))
     for i, v in enumerate(entries):
         e = v["metrics"][metric]
         seeds = sorted(e["per_seed"], key=int)
@@ -212,7 +212,7 @@ def figure(s: dict[str, Any], metric: str) -> Any:
         ax.errorbar([i + 0.3], [e["value"]], yerr=[[e["value"] - e["low"]], [e["high"] - e["value"]]], fmt="s",
                     color="C3", capsize=3, ms=4, label="mean, 95% CI" if i == 0 else None)
     ax.set_xticks(range(len(entries)), [v["variant"] for v in entries], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel=LABELS[metric], title=f"{LABELS[metric]} on held-out prompts, per seed")
+    ax.set(ylabel=LABELS[metric], title=f"{LABELS[metric]} on held-out prompts")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
