@@ -98,3 +98,14 @@ def test_report_refuses_unpaired_prompts():
     rows = _rows("a", [0.1] * 8) + [r for r in _rows("b", [0.0] * 8) if not (r["seed"] == 3 and r["prompt_id"] == "p2")]
     with pytest.raises(stats.PairingError, match=r"a vs b: .*1 in a only \(seed 3 prompt p2\)"):
         report.summarise(rows, cfg)
+
+
+def test_monte_carlo_p_values_are_written_as_bounds():
+    """Past 16 seeds the test is Monte Carlo: a p at its resolution is written p < 1/B, and its
+    Holm adjustment < m/B, never as a number below what B draws resolve."""
+    seeds = list(range(20))
+    cfg = cmp_cfg(seeds=seeds, permutations=1000,
+                  families=[{"name": "f", "claims": [{"variant": "a"}, {"variant": "a", "metric": "ras_strict"}]}])
+    rows = _rows("a", [0.4 + 0.01 * s for s in seeds]) + _rows("b", [0.0] * 20)
+    md = report.markdown(report.summarise(rows, cfg))
+    assert "| p < 0.001 | < 0.002 | shown |" in md

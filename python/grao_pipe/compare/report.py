@@ -111,6 +111,14 @@ def _p_text(p: dict[str, Any], value: float | None = None) -> str:
     return stats.PValue(**p).text(value)
 
 
+def _holm_text(c: dict[str, Any], m: int) -> str:
+    """The Holm-adjusted p; where Monte Carlo found no draw as extreme, its bound m/B."""
+    p = stats.PValue(**c["p"])
+    if not p.exact and p.value <= p.floor * (1 + 1e-9):
+        return f"< {min(1.0, m / p.n_resamples):.1g}"
+    return f"{c['p_holm']:.2g}"
+
+
 def _verdict(c: dict[str, Any], alpha: float, m: int) -> str:
     if c["shown"]:
         return "shown"
@@ -143,7 +151,7 @@ def tables(s: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
         rows = [[f"{c['variant']} − {c['baseline']}", LABELS[c["metric"]],
                  f"{_num(c['diff']['value'], True)} [{_num(c['diff']['low'], True)}, {_num(c['diff']['high'], True)}]",
                  " ".join(_num(c["seed_diffs"][k], True) for k in sorted(c["seed_diffs"], key=int)),
-                 _p_text(c["p"]), _p_text(c["p"], c["p_holm"]).replace("p = ", "").replace("p < ", "< "),
+                 _p_text(c["p"]), _holm_text(c, n_claims),
                  _verdict(c, s["alpha"], n_claims)] for c in fam["claims"]]
         out.append((f"Family '{fam['name']}' ({n_claims} claims declared before the run; Holm within the family, "
                     f"α = {s['alpha']}): paired by prompt id within each seed; p: sign-flip test over seeds",
