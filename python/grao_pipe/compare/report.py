@@ -123,7 +123,8 @@ def _verdict(c: dict[str, Any], alpha: float, m: int) -> str:
     if c["shown"]:
         return "shown"
     if math.isinf(c["mde"]):
-        return (f"not shown (no difference can be shown: {len(c['seed_diffs'])} seeds cannot reach "
+        n = len(c["seed_diffs"])
+        return (f"not shown (no difference can be shown: {n} seed{'s' if n != 1 else ''} cannot reach "
                 f"α/{m} = {alpha / m:.2g})")
     return f"not shown (MDE {c['mde']:.3f})"
 

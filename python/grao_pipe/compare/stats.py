@@ -153,7 +153,8 @@ class PValue:
         if not self.exact and v <= self.floor * (1 + 1e-9):
             return f"p < {1 / self.n_resamples:.1g}"
         if self.exact and v <= self.floor * (1 + 1e-9):
-            return f"p = {v:.2g} (the minimum with {round(math.log2(self.n_resamples))} seeds)"
+            n = round(math.log2(self.n_resamples))
+            return f"p = {v:.2g} (the minimum with {n} seed{'s' if n != 1 else ''})"
         return f"p = {v:.2g}"
 
 
