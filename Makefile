@@ -15,7 +15,7 @@ NATIVE := $(VENV)/.native-stamp
 TEST_WORKERS ?= 2
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo demo-real test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick lock clean
+.PHONY: setup demo demo-real test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick compare-demo lock clean
 
 setup: $(NATIVE)
 
@@ -85,13 +85,23 @@ bench: setup
 	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_generate.py
 
-# The paper's comparison at small scale on CPU (experiments/replicate.py; docs/replication.md)
+# The paper's comparison at small scale on CPU as a compare run (docs/replication.md): 8 variants
+# x 8 seeds, lr grids on a validation seed; the per-prompt results are committed and the doc's
+# generated block re-rendered from them (tests/unit/test_replication_doc.py checks they agree).
+REPLICATE_POLICY = $$($(BIN)/python experiments/setting.py runs/replicate-models)
 replicate: setup
-	$(BIN)/python experiments/replicate.py --doc docs/replication.md
+	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY)
+	mkdir -p docs/data && cp runs/replicate/work/compare/results.parquet docs/data/replication.parquet
+	$(BIN)/python experiments/replication_doc.py
 
-# The same code paths in a few minutes (1 seed, 5 methods, no lr grid): a smoke run, not evidence
+# The same code paths (1 test seed, fewer prompts): a smoke run, not evidence
 replicate-quick: setup
-	$(BIN)/python experiments/replicate.py --quick
+	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY) workdir=runs/replicate-quick/work \
+		"compare.seeds=[0]" data.limit=128 eval.limit=100
+
+# grao-pipe compare on the embedded tiny model: 2 variants x 2 seeds (docs/compare.md)
+compare-demo: setup
+	$(BIN)/grao-pipe compare -c pipelines/compare-demo.yaml
 
 # Regenerate requirements.lock from pyproject.toml's ranges, keeping today's pins where they fit.
 lock: setup

@@ -39,3 +39,9 @@ def starting_policy(root: Path, warmup: WarmupConfig = WARMUP) -> Path:
     corpus = [t for s in SPLITS for r in rows[s] for t in (r["prompt"], r["reference"], r["rejected"])]
     base = build_tiny_model(TINY, corpus, root)
     return sft_warmup(base, rows["warmup"], root, warmup)
+
+
+if __name__ == "__main__":  # `make replicate`: print the starting policy's directory (built once)
+    import sys
+
+    print(starting_policy(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/replicate-models")))

@@ -1,7 +1,7 @@
 """``grao-pipe``: a thin CLI. Parse, load the typed config, call the stage, map errors to exit codes.
 
-One verb per stage of the registry (``grao_pipe.stages.STAGES``), plus ``run``, ``status`` and
-``datasets``. Heavy engines are imported by the stage that needs them, never here.
+One verb per stage of the registry (``grao_pipe.stages.STAGES``), plus ``run``, ``status``,
+``compare`` and ``datasets``. Heavy engines are imported by the stage that needs them, never here.
 """
 
 from __future__ import annotations
@@ -223,6 +223,25 @@ def status_cmd(config_path: str | None, overrides: tuple[str, ...]) -> None:
         for s in p.status():
             table.add_row(str(s.round), s.stage, s.state, s.key or "-", s.detail)
         report_console.print(table)
+
+    _guard(go)
+
+
+@main.command("compare")
+@_config_opt
+@click.option("--report-only", is_flag=True, help="Re-render the report from the existing results.parquet; train nothing.")
+@_overrides
+def compare_cmd(config_path: str | None, report_only: bool, overrides: tuple[str, ...]) -> None:
+    """Train every variant x seed of the config's compare section from the same cached rollouts,
+    evaluate on held-out prompts, and report with the seed as the unit (Holm within declared families)."""
+
+    def go() -> None:
+        from grao_pipe.compare.run import Compare
+
+        c = Compare(config_path, overrides, log=lambda m: console.print(m, markup=False, highlight=False))
+        out = c.rerender() if report_only else c.run()
+        report_console.print((out / "report.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+        console.print(f"results: {out / 'results.parquet'}; report: {out / 'report.html'}", markup=False)
 
     _guard(go)
 

@@ -372,6 +372,101 @@ class RunConfig(Section):
     eval: bool = False
 
 
+# ``grao-pipe compare`` (docs/compare.md): methods trained from the same cached rollouts, judged
+# with the seed as the unit of inference.
+CompareMetric = Literal["mean_reward", "ras_strict", "ras_win_tie", "nag_net"]
+# Keys compare sets itself for every run: a variant may not set them.
+COMPARE_OWNED = ("workdir", "train.seed", "generate.seed", "eval.seed", "eval.prompts")
+
+
+class CompareVariant(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    # key=value config overrides, as on the command line (train.objective=dpo, train.epochs=2).
+    overrides: tuple[str, ...] = ()
+    # Learning rates tried on the validation seeds and prompts; the best mean of
+    # compare.selection_metric wins (ties: the smaller rate). Empty: train.lr, or lr_from's choice.
+    lr_grid: tuple[float, ...] = ()
+    lr_from: str | None = Field(None, description="use this variant's chosen lr (an ablation of it)")
+
+    @model_validator(mode="after")
+    def _overrides(self) -> CompareVariant:
+        for item in self.overrides:
+            key, sep, _ = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"variant {self.name}: override {item!r} is not key=value")
+            if key in COMPARE_OWNED or (key == "train.lr" and (self.lr_grid or self.lr_from)):
+                raise ValueError(f"variant {self.name}: {key} is set by compare itself (seeds, prompts, the "
+                                 "chosen lr); remove the override")
+        if self.lr_grid and self.lr_from:
+            raise ValueError(f"variant {self.name}: lr_grid and lr_from exclude each other")
+        return self
+
+
+class CompareClaim(Section):
+    """One comparison, declared before the run: variant − baseline on metric."""
+
+    variant: str
+    baseline: str | None = Field(None, description="default: compare.baseline")
+    metric: CompareMetric | None = Field(None, description="default: compare.metrics[0]")
+
+
+class CompareFamily(Section):
+    """Claims corrected together (Holm): the family-wise error rate is alpha within it."""
+
+    name: str
+    claims: tuple[CompareClaim, ...] = Field(min_length=1)
+
+
+class CompareConfig(Section):
+    variants: tuple[CompareVariant, ...] = Field(min_length=2)
+    baseline: str
+    # Test seeds: a seed sets train.seed and generate.seed to it and eval.seed to the config's
+    # eval.seed plus it (rollouts, data order and eval samples all change with the seed).
+    seeds: tuple[int, ...] = Field(min_length=1)
+    # Disjoint from seeds: the lr grids are chosen on these, never on a test seed.
+    validation_seeds: tuple[int, ...] = ()
+    test_prompts: ByContent[str]
+    validation_prompts: ByContent[str | None] = None
+    metrics: tuple[CompareMetric, ...] = Field(("mean_reward",), min_length=1)
+    selection_metric: CompareMetric = "mean_reward"
+    families: tuple[CompareFamily, ...] = ()
+    alpha: float = Field(0.05, gt=0, lt=1)
+    bootstrap: int = Field(2000, ge=100)
+    permutations: int = Field(20000, ge=100, description="Monte Carlo sign flips past 16 seeds")
+    # Results and report directory; default <workdir>/compare.
+    out: Operational[str | None] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareConfig:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compare.variants: names must be unique, got {names}")
+        known = set(names)
+        if self.baseline not in known:
+            raise ValueError(f"compare.baseline {self.baseline!r} is not a variant ({', '.join(names)})")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.validation_seeds)) != len(self.validation_seeds):
+            raise ValueError("compare.seeds and compare.validation_seeds must not repeat a seed")
+        if shared := sorted(set(self.seeds) & set(self.validation_seeds)):
+            raise ValueError(f"compare: seeds {shared} are both test and validation seeds; they must be disjoint")
+        grids = {v.name for v in self.variants if v.lr_grid}
+        if grids and not (self.validation_seeds and self.validation_prompts):
+            raise ValueError(f"compare: variants {sorted(grids)} have an lr_grid, which is chosen on "
+                             "compare.validation_seeds and compare.validation_prompts; set both")
+        for v in self.variants:
+            if v.lr_from is not None and v.lr_from not in grids:
+                raise ValueError(f"variant {v.name}: lr_from {v.lr_from!r} is not a variant with an lr_grid")
+        for fam in self.families:
+            for c in fam.claims:
+                for role, name in (("variant", c.variant), ("baseline", c.baseline)):
+                    if name is not None and name not in known:
+                        raise ValueError(f"compare.families {fam.name}: claim {role} {name!r} is not a variant")
+                if c.variant == (c.baseline or self.baseline):
+                    raise ValueError(f"compare.families {fam.name}: claim compares {c.variant} with itself")
+        if len({f.name for f in self.families}) != len(self.families):
+            raise ValueError("compare.families: names must be unique")
+        return self
+
+
 class PipelineConfig(Section):
     name: str = "grao"
     workdir: str = "runs/default"
@@ -382,6 +477,7 @@ class PipelineConfig(Section):
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
     eval: EvalConfig = EvalConfig()
+    compare: CompareConfig | None = None  # only ``grao-pipe compare`` reads it
 
     @model_validator(mode="after")
     def _groups_need_samples(self) -> PipelineConfig:

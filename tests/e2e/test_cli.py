@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cli_runner import BIN, cli
@@ -54,6 +55,14 @@ def test_full_round_then_cached(tiny_config, tmp_path):
         for e in res[group].values():
             assert e["low"] <= e["value"] <= e["high"]
     assert "RAS strict" in ev.stdout and "NAG net" in ev.stdout
+    # answers.parquet: the same rows as answers.jsonl, each with a prompt id unique in the set.
+    import pyarrow.parquet as pq
+
+    ev_dir = Path(json.loads(out_json.read_text())["directory"])
+    table = pq.read_table(ev_dir / "answers.parquet").to_pylist()
+    jsonl = [json.loads(line) for line in (ev_dir / "answers.jsonl").read_text().splitlines()]
+    assert [{k: r[k] for k in jsonl[0]} for r in table] == jsonl
+    assert len({r["prompt_id"] for r in table}) == 12 and [r["prompt_index"] for r in table] == list(range(12))
     # No eval.prompts: the training prompts, as an explicit and visible choice.
     assert res["held_out"] is False and "eval.prompts is not set" in ev.stderr and "TRAINING" in ev.stdout
     assert cli("eval", "-c", str(cfg), "eval.limit=12").stdout.count("(cached)") == 1

@@ -3,7 +3,8 @@
 Both models answer the same held-out prompts (one sample each, seeded); a comparative scorer
 gives R(o, y) against the reference for each answer. Output: ``<workdir>/eval/<key>/`` with
 ``eval.json`` (the metrics, also the manifest's stats) and every answer with its R in
-``answers.jsonl``. Cached like any stage.
+``answers.jsonl`` and, keyed by a stable prompt id for pairing across runs (``grao-pipe
+compare``), in ``answers.parquet``. Cached like any stage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from grao_pipe.errors import DataError
 from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
 from grao_pipe.manifests import EvalManifest, EvalStats
-from grao_pipe.prompts import load_prompt_set
+from grao_pipe.prompts import group_id, load_prompt_set
 from grao_pipe.scoring.base import ScoreInput
 from grao_pipe.sections import keyed
 from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
@@ -32,13 +33,41 @@ if TYPE_CHECKING:
     from grao_pipe.prompts import Prompt
 
 
+# answers.parquet: one row per eval prompt (None rewards: invalid scores).
+ANSWERS_COLUMNS = (("prompt_id", "string"), ("prompt_index", "int64"), ("prompt", "string"), ("reference", "string"),
+                   ("model", "string"), ("base", "string"), ("r_model", "float64"), ("r_base", "float64"))
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(n, getattr(pa, t)()) for n, t in ANSWERS_COLUMNS])
+
+
 def _mean(values: list[float | None]) -> float | None:
     valid = [v for v in values if v is not None]
     return sum(valid) / len(valid) if valid else None
 
 
+def prompt_id(prompt: Prompt) -> str:
+    """A prompt's stable id: its content (text or chat turns) and reference, not its position or
+    the policy's rendering, so two runs' answers pair by what was asked."""
+    asked = prompt.text if prompt.text is not None else json.dumps(prompt.messages)
+    return group_id(asked, prompt.reference)
+
+
+def _answers_parquet(rows: list[dict[str, Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), buf)
+    return bytes(buf.getvalue().to_pybytes())
+
+
 class Eval(Stage):
     name = "eval"
+    code_version = 2  # 2: answers.parquet with prompt ids
     help = "RAS and NAG of a round's trained model vs the base model, with N and 95% intervals."
     in_run = False  # ``grao-pipe run`` adds it after the last round with run.eval=true
     upstream = (Edge("train", model=True),)  # the round's trained model (unless eval.model names one)
@@ -110,6 +139,9 @@ class Eval(Stage):
         rows = [{"prompt": q, "reference": y, "model": o, "base": b, "r_model": rp, "r_base": rb}
                 for q, y, o, b, rp, rb in zip(texts, refs, post_texts, pre_texts, r_post, r_pre, strict=True)]
         target.dir.write_file("answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        target.dir.write_file("answers.parquet", _answers_parquet(
+            [{"prompt_id": prompt_id(r.prompt), "prompt_index": r.prompt.index, **row}
+             for r, row in zip(requests, rows, strict=True)]))
         stats = EvalStats.model_validate({**result, "seconds": round(timer.seconds, 3)})
         # allow_nan=False: eval.json is strict JSON that any tool reads.
         target.dir.write_file("eval.json", json.dumps(stats.model_dump(), indent=2, allow_nan=False).encode())
