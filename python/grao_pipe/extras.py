@@ -21,6 +21,7 @@ EXTRA_OF = {
     "wandb": "tracking",
     "mlflow": "tracking",
     "gguf": "gguf",
+    "peft": "train",
 }
 
 

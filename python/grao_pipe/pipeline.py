@@ -25,13 +25,37 @@ from grao_pipe.storage import Workdir, local_input
 @dataclass(frozen=True)
 class Policy:
     """A model that samples (or is trained): its content digest, and how to get it locally.
-    Keys need only the digest; the directory is built or fetched when a stage loads it."""
+    Keys need only the digest; the directory is built or fetched when a stage loads it.
+
+    A LoRA round's export (``train.lora``) is also ``base`` + the adapter directory
+    ``get_adapter``; ``get_dir`` is its merged model, None when only the adapter was exported.
+    ``serve_adapter`` (``train.export=both``): engines that serve adapters (vllm, openai) sample
+    from base + adapter even though a merged model exists; the hf backend loads the merged one.
+    """
 
     digest: str
-    get_dir: Callable[[], Path]
+    get_dir: Callable[[], Path] | None
+    base: Policy | None = None
+    get_adapter: Callable[[], Path] | None = None
+    serve_adapter: bool = False
 
     def local_dir(self) -> Path:
+        """A whole Hugging Face model directory (a merged export)."""
+        if self.get_dir is None:
+            raise DataError("this policy is a LoRA adapter without a merged model (train.export=adapter); "
+                            "load it as base + adapter")
         return self.get_dir()
+
+    def tokenizer_dir(self) -> Path:
+        """A directory with the policy's tokenizer (an adapter leaves the base's unchanged)."""
+        return self.base.tokenizer_dir() if self.get_dir is None and self.base is not None else self.local_dir()
+
+    def for_backend(self, backend: str) -> tuple[Path, Path | None]:
+        """(model directory, adapter directory or None) that a sampler of ``backend`` loads."""
+        if self.get_adapter is not None and self.base is not None and (
+                self.get_dir is None or (backend != "hf" and self.serve_adapter)):
+            return self.base.local_dir(), self.get_adapter()
+        return self.local_dir(), None
 
 
 class Pipeline:
@@ -77,7 +101,12 @@ class Pipeline:
     def model_at(self, location: str) -> Policy:
         """A model named in the config: a directory (path or URL), or a GGUF file (path, URL or
         ``pkg:MODULE/FILE``), imported on first load under the workdir's ``models/``."""
-        from grao_pipe.models import policy_digest
+        from grao_pipe.models import (
+            adapter_digest,
+            is_adapter_dir,
+            lora_policy_digest,
+            policy_digest,
+        )
         from grao_pipe.models.resolve import gguf_digest, gguf_file
 
         gguf = gguf_file(location, self.input)
@@ -87,6 +116,10 @@ class Pipeline:
             dtype = self.cfg.model.gguf_dtype
             return Policy(gguf_digest(gguf, dtype), lambda: import_gguf(gguf, self.workdir.scratch("models"), dtype))
         model_dir = self.input(location)
+        if is_adapter_dir(model_dir):  # a LoRA adapter (PEFT format): on the round-1 base
+            base = self.policy(1)
+            return Policy(lora_policy_digest(base.digest, adapter_digest(model_dir)), None, base=base,
+                          get_adapter=lambda: model_dir)
         return Policy(policy_digest(model_dir), lambda: model_dir)
 
     def _base_policy(self) -> Policy:
@@ -104,9 +137,19 @@ class Pipeline:
         """Round ``trained_round``'s trained export, for ``consumer`` (named if it is missing)."""
         train = self.target("train", trained_round)
         m = train.require(consumer)
-        if not m.shards:
+        entries = {s.name: s.sha256 for s in m.shards}
+        if "model" not in entries and "adapter" not in entries:
             raise DataError(f"{train.dir.display}: the train manifest lists no model; re-run train with --force")
-        return Policy(m.shards[0].sha256, lambda: train.dir.local_path("model"))
+        merged = (lambda: train.dir.local_path("model")) if "model" in entries else None
+        if "adapter" not in entries:
+            return Policy(entries["model"], merged)
+        # LoRA: every round's adapter applies to the round-1 base (rounds continue one adapter).
+        from grao_pipe.models import lora_policy_digest
+
+        base = self.policy(1)
+        return Policy(entries["model"] if merged else lora_policy_digest(base.digest, entries["adapter"]), merged,
+                      base=base, get_adapter=lambda: train.dir.local_path("adapter"),
+                      serve_adapter=self.cfg.train.export == "both")
 
     # ---- stages ----
 

@@ -117,9 +117,9 @@ class Generate(Stage):
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]
         if todo:
             policy = p.policy(target.round)
-            model_dir = policy.local_dir()
-            tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
-            sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)
+            model_dir, adapter_dir = policy.for_backend(gc.backend)  # a LoRA round: base + adapter
+            tok = PolicyTokenizer(policy.tokenizer_dir(), p.cfg.model.trust_remote_code)
+            sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code, adapter_dir)
             columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                        TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))
             with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
