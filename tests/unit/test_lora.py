@@ -103,9 +103,9 @@ def test_adapter_export_reloads_with_peft_and_into_the_learner(tmp_path):
 
     again = lora.apply(AutoModelForCausalLM.from_pretrained(base_dir), cfg.lora, adapter)
     assert torch.equal(again(ids).logits, want)
-    with pytest.raises(ValueError, match="rank 4.*asks for rank 8"):
+    with pytest.raises(ValueError, match=r"rank 4.*asks for rank 8"):
         lora.apply(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=8, alpha=8), adapter)
-    with pytest.raises(ValueError, match="do not match train.lora's modules"):
+    with pytest.raises(ValueError, match=r"do not match train\.lora.s modules"):
         lora.apply(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, alpha=8, target_modules=("q_proj",)),
                    adapter)
 
@@ -119,11 +119,11 @@ def test_lora_config_from_overrides_and_the_train_key():
     assert keyed(on.train) != keyed(load_config(None, ["train.lora.r=16", "train.export=adapter",
                                                         "train.lora.target_modules=[q_proj,v_proj]"]).train)
     assert keyed(on.train)["lora"]["r"] == 8
-    with pytest.raises(ConfigError, match="train.export=adapter exports a LoRA adapter: it needs train.lora"):
+    with pytest.raises(ConfigError, match=r"train\.export=adapter exports a LoRA adapter: it needs train\.lora"):
         load_config(None, ["train.export=adapter"])
     with pytest.raises(ConfigError, match="lm_head is not supported"):
         load_config(None, ["train.lora.target_modules=[lm_head]"])
-    with pytest.raises(ConfigError, match="unknown config key .train.lora.rank."):
+    with pytest.raises(ConfigError, match=r"unknown config key .train\.lora\.rank."):
         load_config(None, ["train.lora.rank=8"])
 
 
