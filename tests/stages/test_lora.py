@@ -74,6 +74,11 @@ def test_a_lora_round_generates_evaluates_and_trains_from_the_adapter(tiny_confi
     gen2 = run_stage("generate", cfg, round_=2)
     rows = gen2.target.dir.read_table(gen2.manifest, ["policy_digest", "behaviour_logprobs"])
     assert set(rows["policy_digest"].to_pylist()) == {policy.digest}
+    from grao_pipe.datasets import card
+
+    assert card(gen2.target.dir, gen2.manifest)["lineage"]["lora_base_digest"] == p.policy(1).digest
+    (train1,) = [r for r in Pipeline(cfg).status() if r.stage == "train" and r.round == 1]
+    assert train1.state == "done" and "LoRA r=4 (adapter)" in train1.detail
     ev = run_stage("eval", cfg, round_=1)
     assert ev.manifest.stats.n_prompts == 4 and ev.manifest.inputs["model"] == policy.digest
     # The checkpoint is the trainable state only: adapters, critic (and their optimizer state).

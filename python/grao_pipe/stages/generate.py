@@ -103,7 +103,11 @@ class Generate(Stage):
         cfg = p.cfg
         prompts = {"sha256": content_sha256(p.input(cfg.data.prompts)), **keyed(cfg.data)}
         section = {"generate": keyed(cfg.generate), "trust_remote_code": cfg.model.trust_remote_code}
-        return self.make_target(p, round_, section, {"prompts": prompts, "model": p.policy(round_).digest})
+        policy = p.policy(round_)
+        inputs: dict[str, Any] = {"prompts": prompts, "model": policy.digest}
+        if policy.base is not None:  # a LoRA round's policy: on record for `datasets show`
+            inputs["lora_base"] = policy.base.digest
+        return self.make_target(p, round_, section, inputs)
 
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         k, n_parts = part

@@ -232,4 +232,8 @@ class Train(Stage):
 
     def size(self, m: object) -> str:
         assert isinstance(m, TrainManifest)
-        return f"{m.stats.steps} steps"
+        lora = m.config.get("lora")
+        if not lora:
+            return f"{m.stats.steps} steps"
+        exports = "+".join(s.name for s in m.shards)
+        return f"{m.stats.steps} steps, LoRA r={lora['r']} ({exports})"
