@@ -17,8 +17,9 @@ head, at equal real tokens (>1: packing is faster).
 ``--lora R``: full fine-tuning vs rank-R LoRA adapters (all linear layers) on the same batches,
 each as the learner runs it: ``--ranks`` processes (gloo on CPU, NCCL on GPUs), FSDP2, AdamW
 over the trainable parameters, chunked head. Per case: step time, real tokens/s, peak memory
-per rank (CUDA: peak allocated; CPU: peak RSS of the process) and the trainable parameters and
-optimizer state per rank. Last line ``lora_vs_full_step_time: <x>``, LoRA's step time over full
+per rank (CUDA: peak allocated; CPU: peak RSS of the process, which loading the whole model
+dominates, and how much the resident memory grew from the sharded model to the end of an
+optimizer step) and the trainable parameters and optimizer state per rank. Last line ``lora_vs_full_step_time: <x>``, LoRA's step time over full
 fine-tuning's (<1: LoRA is faster).
 
     python benchmarks/bench_learner.py --lora 16 --model <SmolLM2-135M-Instruct dir> --groups 2 --g 4 \
@@ -126,6 +127,12 @@ def run(model, groups, case: Case, device, budget, micro_tokens, steps, warmup, 
     return real / t_total, 1 - real / padded
 
 
+def _rss() -> int:
+    """This process's resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _lora_rank(rank: int, world: int, port: int, a: argparse.Namespace, r: int, groups: list[Group],
                out: object) -> None:
     """One learner rank of one case (r = 0: full fine-tuning): its step times and peak memory."""
@@ -162,6 +169,8 @@ def _lora_rank(rank: int, world: int, port: int, a: argparse.Namespace, r: int, 
         torch.cuda.reset_peak_memory_stats()
     times, real = [], 0
     per_step = a.groups
+    rss0 = _rss()
+    grown = 0
     for s in range(a.warmup + a.steps):
         mine = groups[s * per_step:(s + 1) * per_step][rank::world]  # this rank's share of the step
         if cuda:
@@ -178,6 +187,7 @@ def _lora_rank(rank: int, world: int, port: int, a: argparse.Namespace, r: int, 
             n_real += batch.real_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        grown = max(grown, _rss() - rss0)  # gradients and optimizer state both alive here
         opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
@@ -188,13 +198,14 @@ def _lora_rank(rank: int, world: int, port: int, a: argparse.Namespace, r: int, 
     state = sum(v.to_local().nbytes if hasattr(v, "to_local") else v.nbytes
                 for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    red = torch.tensor([float(real), max(times), float(peak)], dtype=torch.float64, device=device)
+    red = torch.tensor([float(real), max(times), float(peak), float(grown)], dtype=torch.float64, device=device)
     tot = red.clone()
     dist.all_reduce(tot)  # real tokens summed over ranks
     mx = red.clone()
     dist.all_reduce(mx, op=dist.ReduceOp.MAX)  # the slowest rank's step, the largest peak
     if rank == 0:
         out.put({"real": tot[0].item(), "step_s": sum(times) / len(times), "peak": mx[2].item(),  # type: ignore[attr-defined]
+                 "grown": mx[3].item(),
                  "trainable": local_params, "optim_bytes": state})
     dist.destroy_process_group()
 
@@ -225,7 +236,7 @@ def lora_vs_full(a: argparse.Namespace) -> None:
         m = q.get()
         res[label] = m
         print(f"{label:<12} step {m['step_s']:7.2f} s   real tokens/s {m['real'] / (m['step_s'] * a.steps):8.1f}   "
-              f"peak/rank {m['peak'] / 2**20:8.0f} MiB   trainable/rank {m['trainable'] / 1e6:7.2f}M   "
+              f"peak/rank {m['peak'] / 2**20:6.0f} MiB (training adds {m['grown'] / 2**20:5.0f} MiB)   trainable/rank {m['trainable'] / 1e6:7.2f}M   "
               f"optimizer state/rank {m['optim_bytes'] / 2**20:7.1f} MiB")
     full, lo = res["full"], res[f"lora r={a.lora}"]
     print(f"load average after: {os.getloadavg()[0]:.2f}")
