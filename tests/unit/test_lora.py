@@ -130,3 +130,24 @@ def test_lora_config_from_overrides_and_the_train_key():
 def test_targets_that_match_nothing_are_refused():
     with pytest.raises(ValueError):  # peft names the missing modules; the learner fails before training
         lora.apply(_lm(), LoraConfig(target_modules=("no_such_proj",)))
+
+
+def test_an_adapter_directory_as_a_model_location_is_base_plus_adapter(tmp_path):
+    """eval.model (or any model location) may name a PEFT adapter directory: it is the round-1
+    base plus that adapter, digested by both."""
+    from grao_pipe.errors import DataError
+    from grao_pipe.models import adapter_digest, lora_policy_digest
+    from grao_pipe.pipeline import Pipeline
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    p = Pipeline(load_config(None, [f"workdir={tmp_path / 'work'}", f"eval.model={adapter}"]))
+    policy = p.model_at(str(adapter))
+    assert policy.base == p.policy(1) and policy.get_adapter is not None and policy.get_adapter() == adapter
+    assert policy.digest == lora_policy_digest(p.policy(1).digest, adapter_digest(adapter))
+    with pytest.raises(DataError, match="without a merged model"):
+        policy.local_dir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert p.model_at(str(adapter)).digest != policy.digest
