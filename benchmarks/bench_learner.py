@@ -13,11 +13,25 @@ tokens/s, the padding fraction, peak memory on a GPU and, with a known peak, MFU
 
 The last line is ``packed_vs_padded: <x>``: packed sdpa over padded sdpa, both with the chunked
 head, at equal real tokens (>1: packing is faster).
+
+``--lora R``: full fine-tuning vs rank-R LoRA adapters (all linear layers) on the same batches,
+each as the learner runs it: ``--ranks`` processes (gloo on CPU, NCCL on GPUs), FSDP2, AdamW
+over the trainable parameters, chunked head. Per case: step time, real tokens/s, peak memory
+per rank (CUDA: peak allocated; CPU: peak RSS of the process, which loading the whole model
+dominates, and how much the resident memory grew from the sharded model to the end of an
+optimizer step) and the trainable parameters and optimizer state per rank. Last line ``lora_vs_full_step_time: <x>``, LoRA's step time over full
+fine-tuning's (<1: LoRA is faster).
+
+    python benchmarks/bench_learner.py --lora 16 --model <SmolLM2-135M-Instruct dir> --groups 2 --g 4 \
+        --median 64 --cap 128 --steps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import socket
 import time
 from dataclasses import dataclass
 
@@ -113,6 +127,123 @@ def run(model, groups, case: Case, device, budget, micro_tokens, steps, warmup, 
     return real / t_total, 1 - real / padded
 
 
+def _rss() -> int:
+    """This process's resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _lora_rank(rank: int, world: int, port: int, a: argparse.Namespace, r: int, groups: list[Group],
+               out: object) -> None:
+    """One learner rank of one case (r = 0: full fine-tuning): its step times and peak memory."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from grao_pipe.config import LoraConfig
+    from grao_pipe.learner import lora
+    from grao_pipe.learner.fsdp import shard_model
+    from grao_pipe.learner.logprobs import CausalLMLogps
+    from grao_pipe.learner.train_mode import prepare_for_training
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = a.device == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.manual_seed(0)
+    if a.model:
+        lm = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        lm = Qwen2ForCausalLM(Qwen2Config(**SHAPES[a.shape], max_position_embeddings=max(a.cap * 2, a.pack)))
+    lm.to(device)  # type: ignore[arg-type]
+    lm = prepare_for_training(lm, a.activation_checkpointing)
+    if r:
+        lm = lora.apply(lm, LoraConfig(r=r, alpha=2 * r))
+    model = CausalLMLogps(lm)
+    shard_model(model, device)
+    params = lora.trainable(model)
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    cfg = TrainConfig(logprob_chunk_tokens=a.chunk)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times, real = [], 0
+    per_step = a.groups
+    rss0 = _rss()
+    grown = 0
+    for s in range(a.warmup + a.steps):
+        mine = groups[s * per_step:(s + 1) * per_step][rank::world]  # this rank's share of the step
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        n_real = 0
+        mbs = list(micro_batches(mine, a.micro_tokens or 0))
+        for i, mb in enumerate(mbs):
+            batch = collate(mb, 0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss_B, _, _ = step_loss(model, batch, cfg, device)
+            model.set_requires_gradient_sync(i == len(mbs) - 1)  # type: ignore[operator]
+            (loss_B.sum() * world / per_step).backward()
+            n_real += batch.real_tokens
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        grown = max(grown, _rss() - rss0)  # gradients and optimizer state both alive here
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if s >= a.warmup:
+            times.append(time.perf_counter() - t0)
+            real += n_real
+    local_params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+    state = sum(v.to_local().nbytes if hasattr(v, "to_local") else v.nbytes
+                for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    red = torch.tensor([float(real), max(times), float(peak), float(grown)], dtype=torch.float64, device=device)
+    tot = red.clone()
+    dist.all_reduce(tot)  # real tokens summed over ranks
+    mx = red.clone()
+    dist.all_reduce(mx, op=dist.ReduceOp.MAX)  # the slowest rank's step, the largest peak
+    if rank == 0:
+        out.put({"real": tot[0].item(), "step_s": sum(times) / len(times), "peak": mx[2].item(),  # type: ignore[attr-defined]
+                 "grown": mx[3].item(),
+                 "trainable": local_params, "optim_bytes": state})
+    dist.destroy_process_group()
+
+
+def lora_vs_full(a: argparse.Namespace) -> None:
+    import torch.multiprocessing as mp
+
+    if a.warmup is None:
+        a.warmup = 1
+    vocab = SHAPES[a.shape]["vocab_size"]
+    if a.model:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(a.model).vocab_size
+    groups = make_groups(a.groups * (a.warmup + a.steps), a.g, vocab, a.median, a.cap)
+    print(f"{a.ranks} ranks on {a.device}, model {a.model or a.shape}, {a.groups} groups x {a.g + 1} seqs/step, "
+          f"median {a.median} tokens (cap {a.cap}), {a.warmup} warm-up + {a.steps} timed steps, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    res = {}
+    ctx = mp.get_context("spawn")
+    for label, r in (("full", 0), (f"lora r={a.lora}", a.lora)):
+        q = ctx.Queue()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.start_processes(_lora_rank, args=(a.ranks, port, a, r, groups, q), nprocs=a.ranks, join=True,
+                           start_method="spawn")
+        m = q.get()
+        res[label] = m
+        print(f"{label:<12} step {m['step_s']:7.2f} s   real tokens/s {m['real'] / (m['step_s'] * a.steps):8.1f}   "
+              f"peak/rank {m['peak'] / 2**20:6.0f} MiB (training adds {m['grown'] / 2**20:5.0f} MiB)   trainable/rank {m['trainable'] / 1e6:7.2f}M   "
+              f"optimizer state/rank {m['optim_bytes'] / 2**20:7.1f} MiB")
+    full, lo = res["full"], res[f"lora r={a.lora}"]
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"lora_vs_full_peak_memory: {lo['peak'] / full['peak']:.2f}")
+    print(f"lora_vs_full_step_time: {lo['step_s'] / full['step_s']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -132,7 +263,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default: 2 on cuda, 1 on cpu)")
     ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--lora", type=int, default=0, help="rank R: full fine-tuning vs LoRA on the same batches")
+    ap.add_argument("--ranks", type=int, default=2, help="--lora: learner processes (FSDP2)")
     a = ap.parse_args()
+    if a.lora:
+        lora_vs_full(a)
+        return
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     device = torch.device(a.device)

@@ -258,6 +258,30 @@ class LoggingConfig(Section):
     mlflow_experiment: str = "grao-pipe"
 
 
+class LoraConfig(Section):
+    """LoRA adapters (built with ``peft``) on a frozen base: only the adapters (and PPO's value
+    head) train. Setting any key (``train.lora.r=16``) turns it on; ``train.lora=null`` off."""
+
+    r: int = Field(16, gt=0, description="adapter rank")
+    alpha: int = Field(32, gt=0, description="the adapter update is scaled by alpha / r")
+    # Off by default, like every other dropout of the learner (grao_pipe.learner.train_mode):
+    # with it on, the learner's log-probs are random and no longer equal the sampler's.
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # Module names (``q_proj``, ``v_proj``, ...) or "all-linear": every linear layer of the
+    # decoder blocks (never the LM head, which the chunked log-prob head reads as a weight).
+    target_modules: Literal["all-linear"] | tuple[str, ...] = "all-linear"
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoraConfig:
+        if isinstance(self.target_modules, tuple):
+            if not self.target_modules:
+                raise ValueError("train.lora.target_modules: name at least one module, or use all-linear")
+            if "lm_head" in self.target_modules:
+                raise ValueError("train.lora.target_modules: lm_head is not supported (the chunked log-prob head "
+                                 "reads its weight); adapt the decoder's linear layers")
+        return self
+
+
 class TrainBase(Section):
     """``train``: what every objective shares. The objective's own settings are the section
     ``train.<objective>`` (``TrainConfig`` adds one per registered objective)."""
@@ -280,6 +304,11 @@ class TrainBase(Section):
     keep_checkpoints: Operational[bool] = False
     # dtype of the Hugging Face export; auto: the training dtype (bf16 on GPU, fp32 on CPU).
     export_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # LoRA (off: full fine-tuning). What a LoRA run exports (docs/design-decisions.md, "LoRA"):
+    # ``merged``: model/, the adapter merged into the base, in export_dtype; ``adapter``: only
+    # adapter/ (PEFT format); ``both``. adapter/ is written in every case (rounds continue it).
+    lora: LoraConfig | None = None
+    export: Literal["merged", "adapter", "both"] = "merged"
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
@@ -333,6 +362,9 @@ class TrainBase(Section):
             raise ValueError(f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint=HOST:PORT (node 0's address)")
+        if self.export != "merged" and self.lora is None:
+            raise ValueError(f"train.export={self.export} exports a LoRA adapter: it needs train.lora "
+                             "(e.g. train.lora.r=16)")
         return self
 
 

@@ -79,6 +79,8 @@ def card(d: StageDir, manifest: Manifest) -> dict[str, Any]:
         "lineage": {
             "prompt_set_sha256": inputs.prompts.sha256 if inputs.prompts else None,
             "policy_digest": sorted(set(df["policy_digest"].to_list())),
+            # A LoRA round's policy is the round-1 base plus the adapter of the previous round.
+            "lora_base_digest": inputs.lora_base,
             "sampler": cfg.get("generate", cfg) if manifest.stage == "generate" else {"generate_manifest": inputs.generate},
             "scorers": cfg.get("scorers") if manifest.stage == "score" else None,
         },

@@ -22,6 +22,7 @@ EXTRA_OF = {
     "mlflow": "tracking",
     "gguf": "gguf",
     "matplotlib": "compare",
+    "peft": "train",
 }
 
 

@@ -101,6 +101,16 @@ def load_model(path: Path, *, kind: Literal["causal_lm", "sequence_classifier"] 
     return model.to(dev).eval()  # type: ignore[arg-type]
 
 
+def merge_adapter(model: Any, adapter_dir: Path) -> Any:
+    """``model`` with a LoRA adapter (PEFT format: adapter_config.json + safetensors) merged into
+    its weights: sampling then costs what the base costs."""
+    require(f"the LoRA adapter {adapter_dir}", "peft")
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(model, str(adapter_dir), local_files_only=True).merge_and_unload()
+    return merged.eval()
+
+
 def pad(seqs: list[list[int]], pad_id: int, side: Literal["left", "right"] = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, T]`` token ids and attention mask for sequences of different lengths."""
     import numpy as np

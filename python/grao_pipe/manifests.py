@@ -138,6 +138,7 @@ class Inputs(BaseModel):
     prompts: PromptsInput | None = None  # generate, eval
     generate: str | None = None  # generate's fingerprint (score)
     score: str | None = None  # score's fingerprint (train)
+    lora_base: str | None = None  # a LoRA round's base model digest (generate)
 
 
 class _Manifest(_Model):

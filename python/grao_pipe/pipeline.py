@@ -70,7 +70,12 @@ class Pipeline:
     def model_at(self, location: str) -> Policy:
         """A model named in the config: a directory (path or URL), or a GGUF file (path, URL or
         ``pkg:MODULE/FILE``), imported on first load under the workdir's ``models/``."""
-        from grao_pipe.models import policy_digest
+        from grao_pipe.models import (
+            adapter_digest,
+            is_adapter_dir,
+            lora_policy_digest,
+            policy_digest,
+        )
         from grao_pipe.models.resolve import gguf_digest, gguf_file
 
         gguf = gguf_file(location, self.input)
@@ -80,6 +85,10 @@ class Pipeline:
             dtype = self.cfg.model.gguf_dtype
             return Policy(gguf_digest(gguf, dtype), lambda: import_gguf(gguf, self.workdir.scratch("models"), dtype))
         model_dir = self.input(location)
+        if is_adapter_dir(model_dir):  # a LoRA adapter (PEFT format): on the round-1 base
+            base = self.policy(1)
+            return Policy(lora_policy_digest(base.digest, adapter_digest(model_dir)), None, base=base,
+                          get_adapter=lambda: model_dir)
         return Policy(policy_digest(model_dir), lambda: model_dir)
 
     def base_policy(self) -> Policy:
@@ -99,11 +108,24 @@ class Pipeline:
         if (stage, trained_round) not in self._trained:
             train = self.target(stage, trained_round)
             m = train.require(consumer)
-            if not m.shards:
+            entries = {s.name: s for s in m.shards}
+            if "model" not in entries and "adapter" not in entries:
                 raise DataError(f"{train.dir.display}: the {stage} manifest lists no model; re-run {stage} with --force")
-            entry = m.shards[0]
-            self._trained[(stage, trained_round)] = Policy(
-                entry.sha256, lambda: train.dir.verified_model(entry, f"round {trained_round}"))
+            model = entries.get("model")
+            merged = None
+            if model is not None:
+                merged = lambda: train.dir.verified_model(model, f"round {trained_round}")  # noqa: E731
+            if "adapter" not in entries:
+                assert model is not None
+                policy = Policy(model.sha256, merged)
+            else:  # LoRA: every round's adapter applies to the round-1 base (rounds continue one adapter)
+                from grao_pipe.models import lora_policy_digest
+
+                base = self.policy(1)
+                policy = Policy(model.sha256 if model else lora_policy_digest(base.digest, entries["adapter"].sha256),
+                                merged, base=base, get_adapter=lambda: train.dir.local_path("adapter"),
+                                serve_adapter=self.cfg.train.export == "both")
+            self._trained[(stage, trained_round)] = policy
         return self._trained[(stage, trained_round)]
 
     # ---- stages ----

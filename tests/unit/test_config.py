@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -109,3 +111,10 @@ def test_the_config_and_the_objectives_load_without_torch():
     code = ("import sys, grao_pipe.config, grao_pipe.learner.objectives, grao_pipe.stages; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for d in ("pipelines", "experiments")
+                                        for p in (Path(__file__).resolve().parents[2] / d).glob("*.yaml")))
+def test_every_shipped_config_loads(path):
+    """A key renamed in the code must be renamed in the configs the project ships."""
+    assert load_config(path).name

@@ -45,19 +45,24 @@ def sample_seed(seed: int, group: str, sample_idx: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{group}:{sample_idx}".encode(), digest_size=4).digest(), "little")
 
 
-def make_sampler(cfg: GenerateConfig, model_dir: Path, tok: PolicyTokenizer, trust_remote_code: bool = False) -> Sampler:
-    """The configured backend; heavy engines are imported only here."""
+def make_sampler(cfg: GenerateConfig, model_dir: Path, tok: PolicyTokenizer, trust_remote_code: bool = False,
+                 adapter_dir: Path | None = None) -> Sampler:
+    """The configured backend; heavy engines are imported only here. ``adapter_dir``: a LoRA
+    adapter (PEFT format) on ``model_dir`` (``Policy.for_backend``): the hf backend merges it
+    after loading, vllm serves it with a LoRARequest, openai asks the server for it by name."""
     if cfg.backend == "hf":
         from grao_pipe.generation.hf import HFSampler
 
-        return HFSampler(model_dir, cfg, tok, trust_remote_code=trust_remote_code)
+        return HFSampler(model_dir, cfg, tok, trust_remote_code=trust_remote_code, adapter_dir=adapter_dir)
     if cfg.backend == "openai":
         from grao_pipe.generation.openai import OpenAISampler
 
-        return OpenAISampler(cfg, tok, default_model=str(model_dir))
+        # The served name defaults to the path the server was started with (vllm serve PATH,
+        # or --lora-modules PATH=PATH for an adapter); generate.served_model overrides it.
+        return OpenAISampler(cfg, tok, default_model=str(adapter_dir or model_dir))
     from grao_pipe.generation.vllm import VLLMSampler
 
-    return VLLMSampler(model_dir, cfg, trust_remote_code=trust_remote_code)
+    return VLLMSampler(model_dir, cfg, trust_remote_code=trust_remote_code, adapter_dir=adapter_dir)
 
 
 def prepare_requests(cfg: GenerateConfig, tok: PolicyTokenizer, prompts: list[Prompt]) -> tuple[list[Request], int, int]:

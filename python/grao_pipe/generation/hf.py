@@ -79,7 +79,8 @@ class BehaviourLogps:
 class HFSampler:
     name = "hf"
 
-    def __init__(self, model_dir: Path, cfg: GenerateConfig, tok: PolicyTokenizer, trust_remote_code: bool = False):
+    def __init__(self, model_dir: Path, cfg: GenerateConfig, tok: PolicyTokenizer, trust_remote_code: bool = False,
+                 adapter_dir: Path | None = None):
         import torch
 
         from grao_pipe import hf
@@ -88,6 +89,8 @@ class HFSampler:
         self.cfg = cfg
         self.tok = tok
         self.model = hf.load_model(model_dir, trust_remote_code=trust_remote_code, purpose="generate.backend=hf")
+        if adapter_dir is not None:
+            self.model = hf.merge_adapter(self.model, adapter_dir)
         self.device = self.model.device
 
     def sample(self, requests: list[Request], seed: int) -> list[list[Sample]]:

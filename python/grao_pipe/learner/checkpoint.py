@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -100,11 +101,27 @@ def exists(root: Path, step: int) -> bool:
     return (root / f"{PREFIX}{step}").is_dir()
 
 
+def _options(model: torch.nn.Module) -> StateDictOptions:
+    """A model with frozen parameters (a LoRA base) checkpoints only its trainable ones: the
+    frozen ones are re-read from the base model on resume."""
+    frozen = any(not p.requires_grad for p in model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
+
+
+def _model_state(model: torch.nn.Module, opts: StateDictOptions) -> dict[str, Any]:
+    state = get_model_state_dict(model, options=opts)
+    if opts.ignore_frozen_params:  # a tied, frozen LM head survives that option (the key of a shared tensor)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in trainable}
+    return state
+
+
 def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, extra: dict[str, Any],
          keep_last: int = 1) -> None:
     """Write ``step-<step>`` (all ranks), seal it, keep the newest ``keep_last``."""
     tmp = root / f".tmp-{PREFIX}{step}"
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
+    opts = _options(model)
+    state = {"model": _model_state(model, opts), "optim": get_optimizer_state_dict(model, opt, options=opts),
              "extra": {**extra, "rng": torch.get_rng_state()}}
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt's leftovers
@@ -123,11 +140,13 @@ def save(root: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, template: dict[str, Any]) -> dict[str, Any]:
     """Restore a trusted checkpoint in place; ``template`` names the (flat, primitive) extra keys."""
-    state: dict[str, Any] = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
+    opts = _options(model)
+    state: dict[str, Any] = {"model": _model_state(model, opts),
+                             "optim": get_optimizer_state_dict(model, opt, options=opts),
                              "extra": {**template, "rng": torch.get_rng_state()}}
     dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
+    set_model_state_dict(model, state["model"], options=opts)
+    set_optimizer_state_dict(model, opt, state["optim"], options=opts)
     extra: dict[str, Any] = dict(state["extra"])
     torch.set_rng_state(extra.pop("rng"))
     return extra

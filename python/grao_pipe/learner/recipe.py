@@ -15,13 +15,14 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from grao_pipe.config import TrainConfig
 from grao_pipe.faults import kill_point
-from grao_pipe.learner import checkpoint
+from grao_pipe.learner import checkpoint, lora
 from grao_pipe.learner.data import GroupStore, MicroBatch, Step, StepLoader
 from grao_pipe.learner.fsdp import shard_model
 from grao_pipe.learner.logprobs import policy_state_dict
@@ -86,11 +87,13 @@ class GRAORecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(self.spec.model_dir, local_files_only=True)
         lm = load_policy(str(self.spec.model_dir), cfg, self.device)
         self.n_params = sum(p.numel() for p in lm.parameters())
+        if cfg.lora is not None:  # adapters injected before sharding; the base frozen (learner.lora)
+            lm = lora.apply(lm, cfg.lora, self.spec.adapter_dir)
         # The FSDP root is the log-prob wrapper (same state-dict keys as the causal LM), so the
         # LM head and embeddings are unsharded by the root's hooks around the chunked head too.
         self.model = learner_model(lm, cfg)  # with a value head if the objective trains a critic
         shard_model(self.model, self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(lora.trainable(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
 
         # The stage converted the shards (checksums checked); every rank memory-maps them.
@@ -225,33 +228,42 @@ class GRAORecipe:
         """Rank 0 writes ``load_stats.json`` and the Hugging Face export ``model/``, the latter
         through a temporary directory renamed when complete: ``model/`` exists only whole."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        from transformers import AutoModelForCausalLM
 
         if self.start == self.total_steps == 0:
             raise ValueError("no training step: the score output has no usable group")
         # Each rank counted truncations/skips of the groups it materialised.
         counts = torch.tensor([self.groups.stats.truncated, self.groups.stats.skipped], device=self.device)
         dist.all_reduce(counts)
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # LoRA: only the trainable state is gathered; the frozen base is re-read from disk.
+        full = get_model_state_dict(self.model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=self.cfg.lora is not None))
         if self.rank == 0:
             stats = {"rows": self.groups.stats.rows, "truncated": int(counts[0]), "skipped": int(counts[1])}
             (self.out / "load_stats.json").write_text(json.dumps(stats))
             auto = "bfloat16" if self.use_cuda else "float32"
             dtype = EXPORT_DTYPES[auto if self.cfg.export_dtype == "auto" else self.cfg.export_dtype]
-            # Eager attention: the export only holds weights (config.json does not record the kernel).
-            export = AutoModelForCausalLM.from_config(self.model.config, dtype=torch.float32,
-                                                      attn_implementation="eager")
-            export.load_state_dict(policy_state_dict(full))  # learner-only heads (PPO's critic) stay out
-            export.to(dtype)
-            tmp = self.out / ".tmp-model"
-            shutil.rmtree(tmp, ignore_errors=True)
-            # Files under 5 GB: object stores copy an upload to its final key in one request, and
-            # S3 caps single copies at 5 GiB (grao_pipe.storage.remote).
-            export.save_pretrained(tmp, max_shard_size="4GB")
-            kill_point("train.export")
-            self.tokenizer.save_pretrained(tmp)
-            tmp.rename(self.out / "model")
+            if self.cfg.lora is not None:
+                lora.export(full, self.spec.model_dir, self.cfg, dtype, self.out, self.tokenizer)
+            else:
+                self._export_full(full, dtype)
         dist.barrier()
+
+    def _export_full(self, full: dict[str, Any], dtype: torch.dtype) -> None:
+        from transformers import AutoModelForCausalLM
+
+        # Eager attention: the export only holds weights (config.json does not record the kernel).
+        export = AutoModelForCausalLM.from_config(self.model.config, dtype=torch.float32,
+                                                  attn_implementation="eager")
+        export.load_state_dict(policy_state_dict(full))  # learner-only heads (PPO's critic) stay out
+        export.to(dtype)
+        tmp = self.out / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Files under 5 GB: object stores copy an upload to its final key in one request, and
+        # S3 caps single copies at 5 GiB (grao_pipe.storage.remote).
+        export.save_pretrained(tmp, max_shard_size="4GB")
+        kill_point("train.export")
+        self.tokenizer.save_pretrained(tmp)
+        tmp.rename(self.out / "model")
 
     def cleanup(self) -> None:
         if self.loggers is not None:

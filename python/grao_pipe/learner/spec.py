@@ -14,7 +14,8 @@ class LearnerSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     train: TrainConfig
-    model_dir: Path  # the policy to start from (a local Hugging Face directory)
+    model_dir: Path  # the policy to start from (a local Hugging Face directory; LoRA: the base)
+    adapter_dir: Path | None = None  # LoRA: the adapter to continue (the previous round's)
     shards: list[tuple[Path, str]]  # score shards and their sha256 (already checked by the stage)
     cache_dir: Path  # the stage's Arrow IPC copies of the shards' kept rows, memory-mapped
     output_dir: Path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -90,12 +89,14 @@ class Eval(Stage):
                   "scorer": scoring.scorer_key(scorer, p.scorer_files(scorer)), "base": base.digest, "model": post.digest}
         return self.make_target(p, up, {"eval": keyed(ec), "generate": keyed(p.cfg.generate)}, inputs)
 
-    def _answers(self, p: Pipeline, model: Path, prompts: list[Prompt]) -> tuple[list[Any], list[str]]:
+    def _answers(self, p: Pipeline, policy: Policy, prompts: list[Prompt]) -> tuple[list[Any], list[str]]:
         ec = p.cfg.eval
         gen = p.cfg.generate.model_copy(update={"num_samples": 1, "temperature": ec.temperature, "backend": "hf",
                                                 "max_new_tokens": ec.max_new_tokens or p.cfg.generate.max_new_tokens})
-        tok = PolicyTokenizer(model, p.cfg.model.trust_remote_code)
-        sampler = make_sampler(gen, model, tok, p.cfg.model.trust_remote_code)
+        tok = PolicyTokenizer(policy.tokenizer_dir(), p.cfg.model.trust_remote_code)
+        # A LoRA export: its merged model/ if written, else the base with the adapter merged in.
+        model, adapter = policy.for_backend("hf")
+        sampler = make_sampler(gen, model, tok, p.cfg.model.trust_remote_code, adapter)
         requests, _, _ = prepare_requests(gen, tok, prompts)
         texts: list[str] = []
         for b in range(0, len(requests), ec.batch_size):
@@ -114,8 +115,8 @@ class Eval(Stage):
         prompts = load_prompt_set(p.input(self._prompts_location(p)), data).prompts
         scorer_cfg = ec.scorer or p.cfg.score.scorers[0]
         scorer = scoring.build(scorer_cfg, p.scorer_files(scorer_cfg))
-        requests, post_texts = self._answers(p, post.local_dir(), prompts)
-        _, pre_texts = self._answers(p, base.local_dir(), prompts)
+        requests, post_texts = self._answers(p, post, prompts)
+        _, pre_texts = self._answers(p, base, prompts)
         texts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
         messages = [[{"role": role, "content": c} for role, c in r.prompt.messages] if r.prompt.messages else None

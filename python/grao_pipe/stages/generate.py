@@ -118,7 +118,10 @@ class Generate(Stage):
         gc = cfg.generate.for_round(up.round)
         prompts = {"sha256": content_sha256(check_prompt_file(p.input(cfg.data.prompts))), **keyed(cfg.data)}
         section = {"generate": keyed(gc), "trust_remote_code": cfg.model.trust_remote_code}
-        inputs = {"prompts": prompts, "model": up.model("train", -1).digest}
+        policy = up.model("train", -1)
+        inputs: dict[str, Any] = {"prompts": prompts, "model": policy.digest}
+        if policy.base is not None:  # a LoRA round's policy: on record for `datasets show`
+            inputs["lora_base"] = policy.base.digest
         if gc.import_ is not None:  # the imported files' contents, never their paths
             from grao_pipe.generation.importer import import_inputs
 
@@ -141,12 +144,12 @@ class Generate(Stage):
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.adoptable(names[i], "generate")]
         if todo:
             policy = target.upstream.model("train", -1)
-            model_dir = policy.local_dir()
-            tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
+            model_dir, adapter_dir = policy.for_backend(gc.backend)  # a LoRA round: base + adapter
+            tok = PolicyTokenizer(policy.tokenizer_dir(), p.cfg.model.trust_remote_code)
             if gc.max_new_tokens >= tok.context:  # no prompt token would fit: 0 samples, then train fails
                 raise ConfigError(f"generate.max_new_tokens={gc.max_new_tokens} leaves no room for a prompt in the "
                                   f"model's context of {tok.context} tokens; lower it below {tok.context}")
-            sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)
+            sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code, adapter_dir)
             columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                        TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))
             with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:

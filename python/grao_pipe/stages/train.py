@@ -84,6 +84,17 @@ def _vocab_size(model_dir: Path) -> int | None:
     return v if isinstance(v, int) and v > 0 else None
 
 
+def exported(out: Path, cfg: TrainConfig) -> bool:
+    """Whether the learner's export for ``cfg`` is complete under ``out`` (each directory is
+    renamed into place whole; a LoRA learner writes adapter/ before model/)."""
+    from grao_pipe.models import ADAPTER_DIR, is_adapter_dir
+
+    model = (out / "model" / "config.json").is_file()
+    if cfg.lora is None:
+        return model
+    return is_adapter_dir(out / ADAPTER_DIR) and (model or cfg.export == "adapter")
+
+
 def check_loggers(cfg: TrainConfig) -> None:
     """Each configured metric logger's package is installed (before torchrun starts)."""
     for backend in cfg.logging.backends:
@@ -124,7 +135,7 @@ class Train(Stage):
         spec = self._preflight(p, target)
         # A finished export (model/ is renamed into place whole) needs no learner: a crash came
         # after it. Otherwise the learner resumes from its newest checkpoint and exports.
-        if not (out / "model" / "config.json").is_file():
+        if not exported(out, cfg.train):
             self._launch(cfg.train, spec, target)
         if not lead:  # node 0 writes the manifest once every node's learner has finished
             return Outcome(target, False, None, timer.seconds, [f"node {cfg.train.node_rank}: learner done; node 0 writes the manifest"])
@@ -141,10 +152,14 @@ class Train(Stage):
             final=terms[-1] if terms else {},
             seconds=round(timer.seconds, 3),
         )
-        from grao_pipe.models import policy_digest
+        from grao_pipe.models import ADAPTER_DIR, adapter_digest, policy_digest
 
-        model = ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
-        manifest = target.commit(TrainManifest, [model], stats)
+        # The exports, by content digest: model/ (full or merged), adapter/ (LoRA).
+        models = [ShardEntry(name="model", rows=0, sha256=policy_digest(out / "model"))
+                  ] if (out / "model").is_dir() else []
+        if cfg.train.lora is not None:
+            models.append(ShardEntry(name=ADAPTER_DIR, rows=0, sha256=adapter_digest(out / ADAPTER_DIR)))
+        manifest = target.commit(TrainManifest, models, stats)
         # Scratch of a finished stage: the learner's copy of the shards, its resume state.
         shutil.rmtree(out / "cache", ignore_errors=True)
         shutil.rmtree(out / "errors", ignore_errors=True)
@@ -173,14 +188,17 @@ class Train(Stage):
         check_columns(cfg, shards)
         out = target.dir.path
         policy = target.upstream.model("train", -1)
+        # LoRA: the round-1 base, and the adapter to continue (the previous round's).
+        model_dir = policy.local_dir() if cfg.lora is None else (policy.base or policy).local_dir()
+        adapter_dir = policy.get_adapter() if cfg.lora is not None and policy.get_adapter is not None else None
         groups = prepare_cache(list(zip(shards, (s.sha256 for s in sc.shards), strict=True)), out / "cache",
-                               vocab_size=_vocab_size(policy.local_dir()))
+                               vocab_size=_vocab_size(model_dir))
         world = cfg.nproc * cfg.nnodes
         if min(cfg.groups_per_step, groups) < world:
             raise ConfigError(f"train: the score output has {groups} groups with kept rows, which cannot feed "
                               f"{world} ranks (train.nproc x train.nnodes); lower train.nproc or score more prompts")
         return LearnerSpec(
-            train=cfg, model_dir=policy.local_dir(), shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
+            train=cfg, model_dir=model_dir, adapter_dir=adapter_dir, shards=list(zip(shards, (s.sha256 for s in sc.shards), strict=True)),
             cache_dir=out / "cache", output_dir=out, run_id=target.key[:16],
             spec_digest=digest({"train": keyed(cfg), "model": policy.digest, "shards": [s.sha256 for s in sc.shards]}))
 
@@ -201,10 +219,14 @@ class Train(Stage):
         with open(log_path, "w") as log:
             proc = subprocess.run(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
                                   stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent)
-        if proc.returncode != 0 or not (out / "model" / "config.json").is_file():
+        if proc.returncode != 0 or not exported(out, cfg):
             raise StageFailed(f"train (round {target.round}) failed: {_root_cause(spec, log_path)}; "
                               f"full log: {log_path}")
 
     def size(self, m: object) -> str:
         assert isinstance(m, TrainManifest)
-        return f"{m.stats.steps} steps"
+        lora = m.config.get("lora")
+        if not lora:
+            return f"{m.stats.steps} steps"
+        exports = "+".join(s.name for s in m.shards)
+        return f"{m.stats.steps} steps, LoRA r={lora['r']} ({exports})"
