@@ -72,7 +72,8 @@ class Pipeline:
         return self.model_at(self.cfg.score.reference_model)
 
     def scorer_files(self, scorer: ScorerConfig) -> scoring.ScorerFiles:
-        return scoring.scorer_files(scorer, self.input)
+        # Models through model_at, like the policy, reference and eval models: the same forms everywhere.
+        return scoring.scorer_files(scorer, self.input, self.model_at)
 
     def model_at(self, location: str) -> Policy:
         """A model named in the config: a directory (path or URL), or a GGUF file (path, URL or
@@ -129,6 +130,9 @@ class Pipeline:
         for round_ in range(1, self.cfg.run.rounds + 1):
             for stage in (s for s in STAGES.values() if s.in_run):
                 rows.append(self._status(stage.name, round_))
+        # Stages outside the rounds (eval): of the last round, what `grao-pipe eval` evaluates.
+        for stage in (s for s in STAGES.values() if not s.in_run):
+            rows.append(self._status(stage.name, self.cfg.run.rounds))
         return rows
 
     def _status(self, stage: str, round_: int) -> StageStatus:

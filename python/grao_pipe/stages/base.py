@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich.console import Console
 
+from grao_pipe import progress
 from grao_pipe.errors import StageNotReady
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import Manifest, StageManifest
@@ -119,7 +120,8 @@ class Stage(ABC):
             cached = target.dir.prepare(force and self.may_wipe(p, part))
             if cached is not None:
                 return Outcome(target, True, cached)
-            return self.execute(p, target, part)
+            with progress.board(self.name):  # a bar on a terminal, a line every N seconds elsewhere
+                return self.execute(p, target, part)
 
     def summary(self, o: Outcome) -> list[str]:
         """Lines the CLI prints after the stage ran (besides done/cached)."""

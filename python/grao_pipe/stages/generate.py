@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from grao_pipe import progress
 from grao_pipe.config import keyed
 from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
@@ -44,7 +42,7 @@ def _seed(base: int, shard: int, batch: int) -> int:
 
 
 def _generate_shard(gc: GenerateConfig, tok: PolicyTokenizer, sampler: Sampler, prompts: list[Prompt],
-                    shard: int, policy: str, progress: Progress, task: Any) -> tuple[pa.Table, dict[bytes, bytes]]:
+                    shard: int, policy: str, task: progress.Task) -> tuple[pa.Table, dict[bytes, bytes]]:
     requests, skipped, truncated = prepare_requests(gc, tok, prompts)
     cols: dict[str, list[Any]] = {name: [] for name in GENERATE_SCHEMA.names}
     for b in range(0, len(requests), gc.batch_size):
@@ -68,11 +66,8 @@ def _generate_shard(gc: GenerateConfig, tok: PolicyTokenizer, sampler: Sampler, 
                 }
                 for k, v in row.items():
                     cols[k].append(v)
-        new_tokens = sum(len(s.token_ids) for g in groups for s in g)
-        tokens = progress.tasks[task].fields["tokens"] + new_tokens
-        elapsed = progress.tasks[task].elapsed or 1e-9
-        progress.update(task, advance=len(batch), tokens=tokens, tok_s=tokens / elapsed)
-    progress.update(task, advance=skipped)
+        task.advance(len(batch), tokens=sum(len(s.token_ids) for g in groups for s in g))
+    task.advance(skipped)
     meta = {META_PROMPTS_SKIPPED: str(skipped).encode(), META_PROMPTS_TRUNCATED: str(truncated).encode()}
     return pa.Table.from_pydict(cols, schema=GENERATE_SCHEMA), meta
 
@@ -116,19 +111,18 @@ class Generate(Stage):
         names = [shard_name(i, n_shards) for i in range(n_shards)]
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")]
         if todo:
+            task = progress.task("generate", total=sum(len(prompts[i * per : (i + 1) * per]) for i in todo),
+                                 unit="prompts")
             policy = p.policy(target.round)
             model_dir = policy.local_dir()
             tok = PolicyTokenizer(model_dir, p.cfg.model.trust_remote_code)
             sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code)
-            columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                       TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))
-            with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
-                total = sum(len(prompts[i * per : (i + 1) * per]) for i in todo)
-                task = progress.add_task("generate", total=total, tokens=0, tok_s=0.0)
-                for i in todo:
-                    table, meta = _generate_shard(gc, tok, sampler, prompts[i * per : (i + 1) * per], i,
-                                                  policy.digest, progress, task)
-                    target.dir.write_shard(names[i], table, "generate", meta=meta)
+            task.restart_clock()  # rates from the first sample, not from the model load
+            for i in todo:
+                table, meta = _generate_shard(gc, tok, sampler, prompts[i * per : (i + 1) * per], i,
+                                              policy.digest, task)
+                target.dir.write_shard(names[i], table, "generate", meta=meta)
+            task.finish()
         target.dir.pull()  # workers on other machines may have committed their shards meanwhile
         missing = [name for name in names if not target.dir.is_committed(name, "generate")]
         if missing:
