@@ -2,8 +2,8 @@
 
 import re
 
-from helpers.cli_runner import cli
 from grao_pipe import progress
+from helpers.cli_runner import cli
 
 
 def test_non_tty_run_prints_progress_lines_for_every_stage(tiny_config, tmp_path, monkeypatch):

@@ -117,5 +117,6 @@ def test_transformers_serve_unknown_model_is_a_config_error(openai_server):
 
     base_url, model = openai_server
     judge = Judge(JudgeScorer(model="no-such/judge-model", base_url=base_url, max_tokens=4, max_retries=1), ScorerFiles())
-    with pytest.raises(EndpointRejected, match=r"refused the request for model 'no-such/judge-model': HTTP 4\d\d"):
+    with pytest.raises(EndpointRejected, match=r"refused the request for model 'no-such/judge-model': HTTP 4\d\d") as e:
         judge.score(ScoreInput.from_lists(["1+2="], ["3"], ["3"]))
+    assert f"it serves {model!r}" in str(e.value)  # transformers serve names a model by its directory
