@@ -210,13 +210,19 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
 
         from grao_pipe.datasets import versions
 
+        from grao_pipe.datasets import lineage
+
         table = Table()
-        for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
+        for col in ("stage", "key", "round", "rows", "created", "prompt set (sha256)", "model", "scorers"):
             table.add_column(col)
-        for d, m in versions(_workdir(config_path, workdir)):
-            inputs = m.inputs
-            table.add_row(m.stage, d.name, str(inputs.get("round", "-")), str(m.rows), m.created_at,
-                          str((inputs.get("prompts") or {}).get("sha256", "-"))[:12], str(inputs.get("model", "-"))[:12])
+        root = _workdir(config_path, workdir)
+        for d, m in versions(root):
+            lin = lineage(root, m)
+            prompts = f"{lin.get('prompt_set') or '?'} ({str(lin.get('prompt_set_sha256') or '-')[:12]})"
+            model = str(lin.get("model") or str(lin.get("model_digest") or "-")[:12])
+            scorers = ", ".join(f"{k}={v}" for k, v in (lin.get("scorer_sources") or {}).items()) or "-"
+            table.add_row(m.stage, d.name, str(m.inputs.get("round", "-")), str(m.rows), m.created_at, prompts, model,
+                          scorers)
         report_console.print(table)
 
     _guard(go)
@@ -279,17 +285,28 @@ def datasets_verify(config_path: str | None, workdir: str | None, key: str | Non
 @click.argument("key")
 @click.option("--format", "fmt", type=click.Choice(["dataset", "preference", "kto", "prompt-completion"]),
               default="dataset", show_default=True, help="What to write (see docs/datasets.md).")
-@click.option("--pairs", type=click.Choice(["best-worst", "reference-sample"]), default="best-worst", show_default=True,
-              help="preference: best vs worst sample of a group, or the reference vs each worse sample.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt: str, pairs: str, out_dir: str) -> None:
+@click.option("--pairs", type=click.Choice(["best-worst", "reference-sample", "dataset"]), default="best-worst",
+              show_default=True, help="preference: best vs worst sample of a group, the reference vs each worse "
+              "sample, or the dataset's own pairs (reference vs the dataset's rejected answer, e.g. HH).")
+@click.option("--keep-truncated", is_flag=True,
+              help="Let truncated samples (finish_reason length) be chosen answers, completions or desirable "
+              "KTO rows (their finish_reason column marks them); by default they are not.")
+@click.option("--kto-threshold", type=float, default=0.0, show_default=True,
+              help="kto: a sample is desirable when its reward R(o, y) >= this (0: at least as good as the reference).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output directory (new or empty); written whole or not at all.")
+def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt: str, pairs: str,
+                    keep_truncated: bool, kto_threshold: float, out_dir: str) -> None:
     """Write a dataset version as a `datasets`-loadable directory or in a TRL training format."""
 
     def go() -> None:
         from grao_pipe.datasets import export, find
 
         d, m = find(_workdir(config_path, workdir), key)
-        result = export(d, m, fmt, Path(out_dir), pairs=pairs)
+        result = export(d, m, fmt, Path(out_dir), pairs=pairs, keep_truncated=keep_truncated,
+                        kto_threshold=kto_threshold)
+        for w in result.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
         console.print(f"{result.rows} rows ({fmt}) written to {out_dir}", markup=False)
 
     _guard(go)

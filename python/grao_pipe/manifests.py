@@ -115,6 +115,9 @@ class _Manifest(_Model):
     created_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     config: dict[str, Any]
     inputs: dict[str, Any]
+    # Where the inputs came from, as configured (prompt file, model and scorer locations): for
+    # lineage only, not hashed (keys follow the contents, so a moved file keeps its caches).
+    sources: dict[str, Any] = Field(default_factory=dict)
     rows: int = 0
     shards: list[ShardEntry]
 

@@ -54,10 +54,12 @@ class Target:
     def manifest(self) -> Manifest | None:
         return self.dir.manifest()
 
-    def commit(self, cls: type[M], shards: list[Any], stats: Any) -> M:
-        """Commit this output: its manifest (key, config and inputs as hashed, the round) with
-        ``shards`` and ``stats``, and ``_SUCCESS``; returns the committed manifest."""
-        m = cls(key=self.key, config=self.config, inputs={**self.inputs, "round": self.round}, shards=shards, stats=stats)
+    def commit(self, cls: type[M], shards: list[Any], stats: Any, sources: dict[str, Any] | None = None) -> M:
+        """Commit this output: its manifest (key, config and inputs as hashed, the round; the
+        unhashed ``sources`` for lineage) with ``shards`` and ``stats``, and ``_SUCCESS``;
+        returns the committed manifest."""
+        m = cls(key=self.key, config=self.config, inputs={**self.inputs, "round": self.round}, shards=shards,
+                stats=stats, sources=sources or {})
         self.dir.commit(m)
         return m
 

@@ -143,7 +143,9 @@ class Generate(Stage):
             prompts_truncated=sum(s.prompts_truncated for s in per_shard),
             mean_response_tokens=tokens / max(rows, 1), seconds=round(timer.seconds, 3),
         )
-        return Outcome(target, False, target.commit(GenerateManifest, entries, stats), timer.seconds)
+        model = (p.cfg.model.path or "the embedded tiny model") if target.round == 1 else f"round {target.round - 1}'s train"
+        sources = {"prompts": p.cfg.data.prompts, "model": model}
+        return Outcome(target, False, target.commit(GenerateManifest, entries, stats, sources), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, GenerateManifest)

@@ -266,7 +266,9 @@ class Score(Stage):
             seconds=round(timer.seconds, 3),
         )
         _check_signal(target, stats, cfg)
-        return Outcome(target, False, target.commit(ScoreManifest, entries, stats), timer.seconds)
+        sources = {"scorers": {s.name: getattr(s, "model", None) or getattr(s, "path", None) or getattr(s, "function", None)
+                               for s in cfg.score.scorers}}
+        return Outcome(target, False, target.commit(ScoreManifest, entries, stats, sources), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, ScoreManifest)
