@@ -208,9 +208,7 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
     def go() -> None:
         from rich.table import Table
 
-        from grao_pipe.datasets import versions
-
-        from grao_pipe.datasets import lineage
+        from grao_pipe.datasets import lineage, versions
 
         table = Table()
         for col in ("stage", "key", "round", "rows", "created", "prompt set (sha256)", "model", "scorers"):
