@@ -1,0 +1,58 @@
+"""`grao-pipe datasets export` as a user runs it: every format and pairing on the CLI, and an
+export killed half-way (SIGKILL of its process group) followed by a re-run that succeeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from cli_runner import BIN, cli
+
+HELPERS = str(Path(__file__).parent.parent / "helpers")
+
+CHAT = [{"messages": [{"role": "user", "content": f"{a}+{b}="}], "reference": str(a + b), "rejected": str(a + b + 1)}
+        for a in range(3) for b in range(4)]
+
+
+def test_export_on_the_cli_survives_a_kill_and_leaves_nothing_behind(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")]))
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
+    cfg = str(tiny_config(data={"prompts": str(prompts)},
+                          score={"scorers": [{"kind": "function", "name": "count", "function": "counting_scorer:score"}]}))
+    assert cli("generate", "-c", cfg).returncode == 0
+    assert cli("score", "-c", cfg).returncode == 0
+    (score_dir,) = (tmp_path / "work" / "score").glob("*/")
+    (gen_dir,) = (tmp_path / "work" / "generate").glob("*/")
+    key = score_dir.name[:8]
+
+    shown = cli("datasets", "show", "-c", cfg, key)
+    lineage = json.loads(shown.stdout)["lineage"]
+    assert lineage["prompt_set"] == str(prompts) and lineage["scorer_sources"] == {"count": "counting_scorer:score"}
+    listed = cli("datasets", "list", "-c", cfg)
+    assert listed.returncode == 0 and lineage["prompt_set_sha256"][:12] in listed.stdout
+
+    pairs = cli("datasets", "export", "-c", cfg, key, "--format", "preference", "--pairs", "dataset",
+                "--out", str(tmp_path / "hh-pairs"))
+    assert pairs.returncode == 0, pairs.stderr
+    assert pq.read_table(tmp_path / "hh-pairs" / "train.parquet").num_rows == len(CHAT)
+
+    # SIGKILL after the files are written, before the rename: no --out, a temporary the next run removes.
+    out = tmp_path / "exports" / "kto"
+    args = ["datasets", "export", "-c", cfg, key, "--format", "kto", "--out", str(out)]
+    killed = subprocess.run([*BIN, *args], capture_output=True, text=True, start_new_session=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GRAO_PIPE_KILL_AT": "export.written"})
+    assert killed.returncode == -9
+    assert not out.exists() and list(out.parent.glob(".tmp-kto.*"))
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert pq.read_table(out / "train.parquet").num_rows > 0 and (out / "README.md").is_file()
+    assert not list(out.parent.glob(".tmp-*"))
+
+    # A failed export creates nothing: no empty --out, no parent made for it.
+    bad = cli("datasets", "export", "-c", cfg, gen_dir.name[:8], "--format", "kto", "--out", str(tmp_path / "new" / "x"))
+    assert bad.returncode == 3 and "needs rewards" in bad.stderr
+    assert not (tmp_path / "new").exists()
