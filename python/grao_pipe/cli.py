@@ -89,13 +89,19 @@ def main(wait: bool) -> None:
 
 def _stage_command(stage: Stage) -> None:
     def cmd(config_path: str | None, round_: int | None, force: bool, cached_exit_code: int,
-            json_out: str | None, overrides: tuple[str, ...], part: str | None = None) -> None:
+            json_out: str | None, overrides: tuple[str, ...], part: str | None = None,
+            sample: int | None = None) -> None:
         k_n = _parse_part(part)
 
         def go() -> None:
             p = _pipeline(config_path, overrides)
             # eval defaults to the model of the last round; every other stage to round 1.
             r = round_ or (p.cfg.run.rounds if stage.name == "eval" else 1)
+            if sample:
+                from grao_pipe.scoring.preview import preview_judges
+
+                click.echo(preview_judges(p, r, sample))
+                return
             o = stage.run(p, r, force, k_n)
             stage.report(o, report_console if stage.name == "eval" else console)
             if json_out:
@@ -112,6 +118,10 @@ def _stage_command(stage: Stage) -> None:
                            help="Also write the outcome (key, directory, stats) as JSON."), _overrides]
     if stage.shardable:
         params.append(click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k."))
+    if stage.name == "score":
+        params.append(click.option("--sample", type=click.IntRange(1, 100), default=None,
+                                   help="Dry run: print N rendered judge prompts of the generate output, each "
+                                   "judge's raw answers and parsed verdicts; writes nothing."))
     for decorate in reversed(params):
         cmd = decorate(cmd)
     main.command(stage.name, help=stage.help)(cmd)
