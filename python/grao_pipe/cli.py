@@ -61,7 +61,10 @@ def _guard(fn: Callable[[], Any]) -> None:
 
 
 def _fail(e: GraoError) -> None:
-    console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: keys such as score.scorers[judge] are text, not rich markup tags.
+    console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 

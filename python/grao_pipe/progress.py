@@ -63,6 +63,7 @@ class Task:
         self.errors = 0
         self.t0 = time.monotonic()
         self.finished = False
+        self.stopped = False  # ended by an error or an interrupt, not done
         self._board = board
         self._lock = threading.Lock()
 
@@ -140,7 +141,8 @@ class Task:
             parts.append(f"{tokens} tokens, {tokens / max(self.elapsed, 1e-9):.0f} tok/s")
         parts.append(f"elapsed {_duration(self.elapsed)}")
         eta = self.eta_s()
-        parts.append("done" if self.finished else f"ETA {_duration(eta) if eta is not None else '?'}")
+        parts.append("stopped" if self.stopped else "done" if self.finished
+                     else f"ETA {_duration(eta) if eta is not None else '?'}")
         parts.append(f"errors {errors}")
         return f"progress {self.label}: " + " | ".join(parts)
 
@@ -231,9 +233,11 @@ class _Board:
                 live = [t for t in self.tasks.values() if not t.finished]
             self._print([t.line() for t in live])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self._stop.set()
         for t in list(self.tasks.values()):
+            if failed and not t.finished:
+                t.stopped = True
             t.finish()
         if self._rich is not None:
             self._rich.stop()
@@ -256,13 +260,15 @@ def board(name: str, stream: Any = None) -> Iterator[Task]:
             _current = _Board(name, stream, bool(getattr(stream, "isatty", lambda: False)()), every_s())
         b = _current
     assert b is not None
+    failed = True
     try:
         yield b.task(name, None, "items", 0)
+        failed = False
     finally:
         if outer is None:
             with _current_lock:
                 _current = None
-            b.close()
+            b.close(failed)
 
 
 def task(label: str, total: int | None = None, unit: str = "items", start: int = 0) -> Task:

@@ -56,3 +56,19 @@ def test_export_on_the_cli_survives_a_kill_and_leaves_nothing_behind(tiny_config
     bad = cli("datasets", "export", "-c", cfg, gen_dir.name[:8], "--format", "kto", "--out", str(tmp_path / "new" / "x"))
     assert bad.returncode == 3 and "needs rewards" in bad.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_unimportable_scorer_is_named_and_leaves_no_directory(tiny_config, tmp_path, monkeypatch):
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\n\ndef score(p, o, y):\n    return 0.0\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    for fn, expect in (("my_scorers.exact:score", "the file my_scorers/exact.py (or package my_scorers/exact/) "
+                                                  "must sit under a directory on PYTHONPATH"),
+                       ("needs_dep:score", "module 'needs_dep' was found but its own import of 'no_such_dependency_xyz'")):
+        cfg = str(tiny_config(score={"scorers": [{"kind": "function", "name": "x", "function": fn}]}))
+        assert cli("generate", "-c", cfg).returncode == 0
+        res = cli("score", "-c", cfg)
+        assert res.returncode == 2 and "score.scorers[x].function" in res.stderr and expect in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+        work = tmp_path / "work"
+        assert not [p for p in (work / "score").glob("*") if p.is_dir()], "a failed score left a directory"
+        assert not (work / "rewards").exists() or not any((work / "rewards").rglob("*"))

@@ -29,7 +29,16 @@ def load_function(spec: str, key: str) -> RewardFn:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e})") from None
+        missing = getattr(e, "name", None)
+        if missing and module_name != missing and not module_name.startswith(missing + "."):
+            # The module was found; something it imports was not.
+            raise ConfigError(f"{key}: module {module_name!r} was found but its own import of {missing!r} failed "
+                              f"({e}); install {missing!r} in this environment") from None
+        rel = module_name.replace(".", "/")
+        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e}). Scorer modules are imported by "
+                          f"name from Python's search path: the file {rel}.py (or package {rel}/) must sit under "
+                          "a directory on PYTHONPATH (e.g. PYTHONPATH=/dir/with/the/module grao-pipe ...; the "
+                          "`grao-pipe` command does not search the current directory) or be installed") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"{key}: {module_name!r} has no function {attr!r}")

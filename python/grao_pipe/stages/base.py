@@ -122,8 +122,12 @@ class Stage(ABC):
             cached = target.dir.prepare(force and self.may_wipe(p, part))
             if cached is not None:
                 return Outcome(target, True, cached)
-            with progress.board(self.name):  # a bar on a terminal, a line every N seconds elsewhere
-                return self.execute(p, target, part)
+            try:
+                with progress.board(self.name):  # a bar on a terminal, a line every N seconds elsewhere
+                    return self.execute(p, target, part)
+            except BaseException:
+                target.dir.remove_if_empty()  # a run that failed before writing anything leaves no trace
+                raise
 
     def summary(self, o: Outcome) -> list[str]:
         """Lines the CLI prints after the stage ran (besides done/cached)."""

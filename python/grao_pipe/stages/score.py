@@ -252,8 +252,14 @@ class Score(Stage):
         # Model-based scorers already use every core: one shard at a time.
         plain = all(isinstance(s, FunctionScorer) for s in cfg.score.scorers) and ref_model is None
         threads = min((os.cpu_count() or 1) + 1, 8) if plain else 1
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            entries = list(pool.map(one, gen.shards))
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                entries = list(pool.map(one, gen.shards))
+        except BaseException:
+            for r in rewards:  # a scorer that failed at once leaves no empty cache directories
+                r.dir.remove_if_empty()
+                StageDir(r.dir.workdir, r.dir.path.parent).remove_if_empty()
+            raise
         task.finish()
         per_shard = [ScoreShardStats.model_validate(e.stats) for e in entries]
         totals = {k: sum(getattr(s, k) for s in per_shard) for k in ScoreShardStats.model_fields}
