@@ -27,3 +27,6 @@ def test_non_tty_run_prints_progress_lines_for_every_stage(tiny_config, tmp_path
     ev = cli("eval", "-c", str(cfg), "eval.limit=6")
     assert ev.returncode == 0, ev.stderr
     assert re.search(r"^progress eval: 12/12 answers", ev.stderr, re.M), ev.stderr
+    # status lists eval beside the round's stages (done once eval ran with these settings).
+    status = cli("status", "-c", str(cfg), "eval.limit=6")
+    assert status.returncode == 0 and re.search(r"│ 1 +│ eval +│ done", status.stdout), status.stdout
