@@ -59,7 +59,7 @@ def lineage(workdir: Workdir, manifest: Manifest) -> dict[str, Any]:
     """Where a dataset comes from: the prompt set (its location and sha256), the model that
     sampled it (its digest) and, for a score dataset, its scorers and the generate dataset it
     scored (found in ``workdir`` by the fingerprint its manifest recorded)."""
-    gen = manifest
+    gen: Manifest | None = manifest
     out: dict[str, Any] = {}
     if manifest.stage == "score":
         fp = manifest.inputs.get("generate")

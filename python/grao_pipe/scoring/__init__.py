@@ -25,7 +25,8 @@ class ModelRef(Protocol):
     (``Pipeline.model_at``: directory, URL, ``.gguf``, ``pkg:``): its digest now, its local
     Hugging Face directory when loaded (a GGUF file is imported then)."""
 
-    digest: str
+    @property
+    def digest(self) -> str: ...
 
     def local_dir(self) -> Path: ...
 
@@ -73,7 +74,10 @@ def scorer_files(cfg: ScorerConfig, resolve: Callable[[str], Path],
                  resolve_model: Callable[[str], ModelRef] | None = None) -> ScorerFiles:
     """The files ``cfg`` reads (``resolve``: the pipeline's input resolver; ``resolve_model``:
     its model resolver, the same for every model a config names; default: a local directory)."""
-    model = resolve_model or (lambda loc: _LocalModel(resolve(loc)))
+    def local_model(loc: str) -> ModelRef:
+        return _LocalModel(resolve(loc))
+
+    model = resolve_model or local_model
     if isinstance(cfg, RewardModelScorer):
         return ScorerFiles(model_ref=model(cfg.path))
     if isinstance(cfg, JudgeScorer):

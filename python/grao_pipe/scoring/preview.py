@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from grao_pipe import scoring
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
 from grao_pipe.scoring.base import ScoreInput
@@ -31,9 +30,12 @@ def preview_judges(p: Pipeline, round_: int, n: int) -> str:
     rows = ScoreInput.of(table)
     out: list[str] = []
     for cfg in judges:
-        judge = scoring.build(cfg, p.scorer_files(cfg))
-        res = judge.score(rows)  # type: ignore[attr-defined]
-        forward, swapped = judge.prompts(rows)  # type: ignore[attr-defined]
+        from grao_pipe.scoring.judge import Judge
+
+        judge = Judge(cfg, p.scorer_files(cfg))
+        res = judge.score(rows)
+        forward, swapped = judge.prompts(rows)
+        assert res.details is not None, "a judge keeps its answers"
         details = res.details.to_pylist()
         for i, d in enumerate(details):
             out.append(f"===== judge {cfg.name}, row {i + 1} of {len(details)}: R = {res.values[i].as_py()}")
