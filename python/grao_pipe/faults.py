@@ -3,7 +3,8 @@ SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a s
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
 (after checkpoint n is committed), ``train.export`` (half-way through writing the export),
 ``train.exported`` (export done, manifest not yet written), ``train.publish`` (mid-publication
-to an object store). Unset (always, outside tests): nothing happens.
+to an object store), ``export.written`` (an export's files written, not yet renamed into
+place). Unset (always, outside tests): nothing happens.
 """
 
 from __future__ import annotations
