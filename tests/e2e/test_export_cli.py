@@ -3,9 +3,13 @@ export killed half-way (SIGKILL of its process group) followed by a re-run that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -51,6 +55,26 @@ def test_export_on_the_cli_survives_a_kill_and_leaves_nothing_behind(tiny_config
     assert again.returncode == 0, again.stderr
     assert pq.read_table(out / "train.parquet").num_rows > 0 and (out / "README.md").is_file()
     assert not list(out.parent.glob(".tmp-*"))
+
+    # SIGKILLs at random instants of the real command: --out is absent or whole, and a re-run finishes.
+    rng = random.Random(7)
+    for i in range(4):
+        dest = tmp_path / "chaos" / f"pc{i}"
+        cmd = [*BIN, "datasets", "export", "-c", cfg, key, "--format", "prompt-completion", "--out", str(dest)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        time.sleep(rng.uniform(0.5, 4.0))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not dest.exists() or pq.read_table(dest / "train.parquet").num_rows == len(CHAT)
+        assert not dest.exists() or (dest / "README.md").is_file()
+        if dest.exists():
+            continue
+        rerun = cli("datasets", "export", "-c", cfg, key, "--format", "prompt-completion", "--out", str(dest))
+        assert rerun.returncode == 0, rerun.stderr
+        assert pq.read_table(dest / "train.parquet").num_rows == len(CHAT)
+    assert not list((tmp_path / "chaos").glob(".tmp-*"))
 
     # A failed export creates nothing: no empty --out, no parent made for it.
     bad = cli("datasets", "export", "-c", cfg, gen_dir.name[:8], "--format", "kto", "--out", str(tmp_path / "new" / "x"))
