@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,8 +261,6 @@ def _preference(df: pl.DataFrame, pairs: str, keep_truncated: bool = False) -> p
 
 def _stale_temporaries(out: Path) -> None:
     """Remove what a killed export to ``out`` left (``.tmp-<name>.<pid>`` of a dead process)."""
-    import shutil
-
     for tmp in out.parent.glob(f".tmp-{out.name}.*"):
         pid = tmp.name.rsplit(".", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
@@ -268,8 +268,6 @@ def _stale_temporaries(out: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -286,9 +284,6 @@ def export(d: StageDir, manifest: Manifest, fmt: str, out: Path, pairs: str = "b
     Built in a temporary sibling (``.tmp-<name>.<pid>``), fsynced, renamed into place: ``out``
     exists only whole. A killed export leaves no ``out`` (its temporary is removed by the next
     export), so the same command simply runs again."""
-    import os
-    import shutil
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
     if fmt in ("preference", "kto") and manifest.stage != "score":
@@ -320,8 +315,6 @@ def export(d: StageDir, manifest: Manifest, fmt: str, out: Path, pairs: str = "b
 
 
 def _fsync_dir(path: Path) -> None:
-    import os
-
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

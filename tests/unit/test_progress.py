@@ -79,3 +79,19 @@ def test_follow_reads_a_childs_progress_lines(tmp_path):
     assert (t.done, t.total, t.tokens) == (3, 3, 300)
     lines = log.read_text().splitlines()
     assert [progress.parse_line(x)["done"] for x in lines] == [1, 2, 3]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_a_live_bar_not_log_lines(monkeypatch):
+    monkeypatch.setenv(progress.ENV_EVERY, "0.05")
+    out = _Terminal()
+    with progress.board("generate", stream=out):
+        progress.task("generate", total=3, unit="prompts").advance(3, tokens=30)
+        time.sleep(0.2)
+    text = out.getvalue()
+    assert "generate" in text and "3/3" in text and "tok/s" in text
+    assert "progress generate:" not in text  # the plain-line form is for non-terminals
