@@ -7,7 +7,7 @@ else (Airflow, cron, ``nohup``, a pipe) a ticker thread prints, every ``GRAO_PIP
 seconds (default 30; ``0`` turns the lines off; the ``--progress-every`` option of the CLI sets
 it), one line per unfinished task, plus one line when a task finishes::
 
-    progress score judge helpful: 120/640 calls (19%) | 2.10 calls/s | elapsed 57s | ETA 4m08s | errors 3
+    progress judge helpful: 120/640 calls (19%) | 2.10 calls/s | elapsed 57s | ETA 4m08s | errors 3
 
 The line is printed even when nothing advanced (a sign of life during a long call or a model
 load). Tasks opened with no board (a scorer called from a unit test, a library user) are
@@ -62,16 +62,18 @@ class Task:
         self.tokens = 0
         self.errors = 0
         self.t0 = time.monotonic()
+        self._rate_t0 = self.t0  # rates and ETA count from here (restart_clock)
         self.finished = False
         self.stopped = False  # ended by an error or an interrupt, not done
         self._board = board
         self._lock = threading.Lock()
 
     def restart_clock(self) -> None:
-        """Rates and ETA from now (the work starts after a model load)."""
+        """Rates and ETA from now (the work starts after a model load); elapsed still counts it."""
         with self._lock:
-            self.t0 = time.monotonic()
+            self._rate_t0 = time.monotonic()
             self._start_done = self.done
+            self.tokens = 0
 
     def grow(self, n: int) -> Task:
         """Add ``n`` items to the total (work discovered shard by shard)."""
@@ -122,7 +124,10 @@ class Task:
         return time.monotonic() - self.t0
 
     def rate(self) -> float:
-        return (self.done - self._start_done) / max(self.elapsed, 1e-9)
+        return (self.done - self._start_done) / max(time.monotonic() - self._rate_t0, 1e-9)
+
+    def token_rate(self) -> float:
+        return self.tokens / max(time.monotonic() - self._rate_t0, 1e-9)
 
     def eta_s(self) -> float | None:
         r = self.rate()
@@ -138,7 +143,7 @@ class Task:
                  + (f" ({done / total:.0%})" if total else "")]
         parts.append(f"{self.rate():.2f} {self.unit}/s")
         if tokens:
-            parts.append(f"{tokens} tokens, {tokens / max(self.elapsed, 1e-9):.0f} tok/s")
+            parts.append(f"{tokens} tokens, {self.token_rate():.0f} tok/s")
         parts.append(f"elapsed {_duration(self.elapsed)}")
         eta = self.eta_s()
         parts.append("stopped" if self.stopped else "done" if self.finished
@@ -209,7 +214,7 @@ class _Board:
     def changed(self, t: Task) -> None:
         if self._rich is not None and t.label in self._rich_ids:
             eta = t.eta_s()
-            info = f"{t.rate():.2f} {t.unit}/s" + (f", {t.tokens / max(t.elapsed, 1e-9):.0f} tok/s" if t.tokens else "")
+            info = f"{t.rate():.2f} {t.unit}/s" + (f", {t.token_rate():.0f} tok/s" if t.tokens else "")
             info += f", ETA {_duration(eta)}" if eta is not None else ""
             info += f", errors {t.errors}" if t.errors else ""
             self._rich.update(self._rich_ids[t.label], completed=t.done, total=t.total, info=info)
