@@ -302,7 +302,7 @@ def learner_step(done: int, total: int, tokens: int) -> None:
 def follow(log_path: Any, proc: Any, into: Task, poll_s: float = 0.5) -> int:
     """Wait for ``proc`` while reading the progress lines it appends to ``log_path`` into
     ``into``; returns its exit code."""
-    pos = 0
+    pos, first = 0, True
     while True:
         rc = proc.poll()
         try:
@@ -316,6 +316,10 @@ def follow(log_path: Any, proc: Any, into: Task, poll_s: float = 0.5) -> int:
         for raw in chunk[:end].decode(errors="replace").splitlines():
             got = parse_line(raw)
             if got is not None and got["label"] == into.label:
+                if first:  # rates from the learner's first step, not from torchrun's start
+                    into.update(max(got["done"] - 1, 0), total=got["total"])
+                    into.restart_clock()
+                    first = False
                 into.update(got["done"], tokens=got["tokens"], errors=got["errors"], total=got["total"])
         if rc is not None:
             into.finish()
