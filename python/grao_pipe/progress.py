@@ -194,6 +194,7 @@ class _Board:
                                   console=Console(file=stream), transient=False)
             self._rich.start()
         elif every > 0:
+            self._print([f"progress {name}: started"])  # then a line every `every` seconds
             self._thread = threading.Thread(target=self._tick, name=f"progress-{name}", daemon=True)
             self._thread.start()
 

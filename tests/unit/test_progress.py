@@ -39,6 +39,7 @@ def test_board_prints_plain_lines_every_n_seconds_off_a_terminal(monkeypatch):
         time.sleep(0.3)  # nothing advances: lines still come (a sign of life)
         t.advance(3)
     lines = out.getvalue().splitlines()
+    assert lines[0] == "progress score: started"
     judge = [x for x in lines if x.startswith("progress judge j: ")]
     assert len(judge) >= 3  # several ticks, then the final line
     assert judge[0].startswith("progress judge j: 1/4 calls") and judge[-1].startswith("progress judge j: 4/4 calls")
