@@ -13,7 +13,8 @@ def test_non_tty_run_prints_progress_lines_for_every_stage(tiny_config, tmp_path
     assert run.returncode == 0, run.stderr
     lines = [x for x in run.stderr.splitlines() if x.startswith("progress ")]
     for stage, unit in (("generate", "prompts"), ("score", "rows"), ("train", "steps")):
-        mine = [progress.parse_line(x) for x in lines if x.startswith(f"progress {stage}: ")]
+        assert f"progress {stage}: started" in lines
+        mine = [got for x in lines if x.startswith(f"progress {stage}: ") and (got := progress.parse_line(x))]
         assert mine, f"no progress line for {stage}:\n{run.stderr}"
         assert mine[-1]["done"] == mine[-1]["total"] and mine[-1]["unit"] == unit
     gen = next(x for x in lines if x.startswith("progress generate: ") and "done" in x)
