@@ -48,6 +48,14 @@ def test_position_bias_and_parse_rate_from_kept_verdicts(tiny_config):
         out = run_stage("score", cfg)
     finally:
         server.shutdown()
+    # Other advantage settings re-use the cached raw rewards (the judge is gone now) and keep its answers.
+    other = load_config(tiny_config(data={"limit": 3}, score={
+        "scorers": [_judge(f"http://127.0.0.1:{server.server_port}/v1", "biased")], "max_degenerate_share": 1.0,
+        "advantage": {"mode": "samples_only"}}))
+    again = run_stage("score", other)
+    assert again.target.key != out.target.key
+    cached = pq.read_table(again.target.dir.member(again.manifest.shards[0].name))
+    assert set(cached["judge_j_answer_swapped"].to_pylist()) == {"Verdict: 1 > 2"}
     d, m = find(Workdir(cfg.workdir), out.target.key[:8])
     shard = pq.read_table(d.member(m.shards[0].name))  # a plain Parquet read
     assert set(shard["judge_j_answer"].to_pylist()) == {"Verdict: 1 > 2"}
