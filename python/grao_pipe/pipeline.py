@@ -15,7 +15,7 @@ from pathlib import Path
 
 from grao_pipe import scoring
 from grao_pipe.config import PipelineConfig, ScorerConfig
-from grao_pipe.errors import DataError, StageNotReady
+from grao_pipe.errors import DataError, GraoError, StageNotReady
 from grao_pipe.prompts import PromptSet, load_prompt_set
 from grao_pipe.stages import STAGES, run_stages
 from grao_pipe.stages.base import WHOLE, OnOutcome, Outcome, Part, Target
@@ -132,7 +132,10 @@ class Pipeline:
                 rows.append(self._status(stage.name, round_))
         # Stages outside the rounds (eval): of the last round, what `grao-pipe eval` evaluates.
         for stage in (s for s in STAGES.values() if not s.in_run):
-            rows.append(self._status(stage.name, self.cfg.run.rounds))
+            try:
+                rows.append(self._status(stage.name, self.cfg.run.rounds))
+            except GraoError as e:  # e.g. an eval.base_model that does not resolve: say so, list the rest
+                rows.append(StageStatus(self.cfg.run.rounds, stage.name, "unavailable", None, str(e)))
         return rows
 
     def _status(self, stage: str, round_: int) -> StageStatus:
