@@ -234,7 +234,11 @@ class _Board:
             pass
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.every):
+        # On a fixed schedule (start + k * every), so a late tick (a loaded machine, a long
+        # GIL-holding call) does not push every later one back.
+        due = time.monotonic() + self.every
+        while not self._stop.wait(max(due - time.monotonic(), 0.0)):
+            due += self.every
             with self._lock:
                 live = [t for t in self.tasks.values() if not t.finished]
             self._print([t.line() for t in live])
