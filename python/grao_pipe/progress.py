@@ -239,6 +239,8 @@ class _Board:
         due = time.monotonic() + self.every
         while not self._stop.wait(max(due - time.monotonic(), 0.0)):
             due += self.every
+            if due <= time.monotonic():  # more than a whole period late: no burst of catch-up lines
+                due = time.monotonic() + self.every
             with self._lock:
                 live = [t for t in self.tasks.values() if not t.finished]
             self._print([t.line() for t in live])
