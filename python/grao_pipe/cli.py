@@ -131,7 +131,8 @@ def main(wait: bool) -> None:
 
 def _stage_command(stage: Stage) -> None:
     def cmd(config_path: str | None, round_: int | None, force: bool, cached_exit_code: int,
-            json_out: str | None, overrides: tuple[str, ...], part: str | None = None) -> None:
+            json_out: str | None, overrides: tuple[str, ...], part: str | None = None,
+            sample: int | None = None) -> None:
         k_n = _parse_part(part)
 
         def go() -> None:
@@ -143,6 +144,11 @@ def _stage_command(stage: Stage) -> None:
             p = _pipeline(config_path, overrides)
             # eval defaults to the model of the last round; every other stage to round 1.
             r = round_ or (p.cfg.run.rounds if stage.name == "eval" else 1)
+            if sample:
+                from grao_pipe.scoring.preview import preview_judges
+
+                click.echo(preview_judges(p, r, sample))
+                return
             o = stage.run(p, r, force, k_n)
             stage.report(o, report_console if stage.name == "eval" else console)
             if json_out:
@@ -159,6 +165,10 @@ def _stage_command(stage: Stage) -> None:
                            help="Also write the outcome (key, directory, stats) as JSON."), _overrides]
     if stage.shardable:
         params.append(click.option("--shard", "part", default=None, help="k/N: this worker writes shards i with i % N == k."))
+    if stage.name == "score":
+        params.append(click.option("--sample", type=click.IntRange(1, 100), default=None,
+                                   help="Dry run: print N rendered judge prompts of the generate output, each "
+                                   "judge's raw answers and parsed verdicts; writes nothing."))
     for decorate in reversed(params):
         cmd = decorate(cmd)
     main.command(stage.name, help=stage.help)(cmd)
@@ -274,22 +284,26 @@ def datasets_list(config_path: str | None, workdir: str | None) -> None:
     def go() -> None:
         from rich.table import Table
 
-        from grao_pipe.datasets import manifests
+        from grao_pipe.datasets import lineage, manifests
         from grao_pipe.errors import DataError
 
         table = Table()
-        for col in ("stage", "key", "round", "rows", "created", "prompt set", "policy"):
+        for col in ("stage", "key", "round", "rows", "created", "prompt set (sha256)", "model", "scorers"):
             table.add_column(col)
-        for d, m in manifests(_workdir(config_path, workdir)):
+        root = _workdir(config_path, workdir)
+        for d, m in manifests(root):
             if isinstance(m, DataError):  # one damaged dataset: shown, the others still listed
-                table.add_row(d.path.parent.name, d.name, "-", "corrupt", "-", "-", "-")
+                table.add_row(d.path.parent.name, d.name, "-", "corrupt", "-", "-", "-", "-")
                 console.print(f"warning: {m}", markup=False, highlight=False)
                 continue
             if m is None:
                 continue
-            inputs = m.inputs
-            table.add_row(m.stage, d.name, str(inputs.round or "-"), str(m.rows), m.created_at,
-                          (inputs.prompts.sha256 if inputs.prompts else "-")[:12], (inputs.model or "-")[:12])
+            lin = lineage(root, m)
+            prompts = f"{lin.get('prompt_set') or '?'} ({str(lin.get('prompt_set_sha256') or '-')[:12]})"
+            model = str(lin.get("model") or str(lin.get("model_digest") or "-")[:12])
+            scorers = ", ".join(f"{k}={v}" for k, v in (lin.get("scorer_sources") or {}).items()) or "-"
+            table.add_row(m.stage, d.name, str(m.inputs.round or "-"), str(m.rows), m.created_at, prompts, model,
+                          scorers)
         report_console.print(table)
 
     _guard(go)
@@ -352,17 +366,28 @@ def datasets_verify(config_path: str | None, workdir: str | None, key: str | Non
 @click.argument("key")
 @click.option("--format", "fmt", type=click.Choice(["dataset", "preference", "kto", "prompt-completion"]),
               default="dataset", show_default=True, help="What to write (see docs/datasets.md).")
-@click.option("--pairs", type=click.Choice(["best-worst", "reference-sample"]), default="best-worst", show_default=True,
-              help="preference: best vs worst sample of a group, or the reference vs each worse sample.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
-def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt: str, pairs: str, out_dir: str) -> None:
+@click.option("--pairs", type=click.Choice(["best-worst", "reference-sample", "dataset"]), default="best-worst",
+              show_default=True, help="preference: best vs worst sample of a group, the reference vs each worse "
+              "sample, or the dataset's own pairs (reference vs the dataset's rejected answer, e.g. HH).")
+@click.option("--keep-truncated", is_flag=True,
+              help="Let truncated samples (finish_reason length) be chosen answers, completions or desirable "
+              "KTO rows (their finish_reason column marks them); by default they are not.")
+@click.option("--kto-threshold", type=float, default=0.0, show_default=True,
+              help="kto: a sample is desirable when its reward R(o, y) >= this (0: at least as good as the reference).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output directory (new or empty); written whole or not at all.")
+def datasets_export(config_path: str | None, workdir: str | None, key: str, fmt: str, pairs: str,
+                    keep_truncated: bool, kto_threshold: float, out_dir: str) -> None:
     """Write a dataset version as a `datasets`-loadable directory or in a TRL training format."""
 
     def go() -> None:
         from grao_pipe.datasets import export, find
 
         d, m = find(_workdir(config_path, workdir), key)
-        result = export(d, m, fmt, Path(out_dir), pairs=pairs)
+        result = export(d, m, fmt, Path(out_dir), pairs=pairs, keep_truncated=keep_truncated,
+                        kto_threshold=kto_threshold)
+        for w in result.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
         console.print(f"{result.rows} rows ({fmt}) written to {out_dir}", markup=False)
 
     _guard(go)

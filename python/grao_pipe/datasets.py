@@ -10,7 +10,10 @@ and file names are confined to the dataset directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from grao_pipe.errors import DataError, InputError
+from grao_pipe.faults import kill_point
 from grao_pipe.manifests import Manifest
-from grao_pipe.storage import StageDir, Workdir, atomic_write_bytes
+from grao_pipe.storage import StageDir, Workdir
 
 
 def dataset_dirs(workdir: Workdir) -> list[StageDir]:
@@ -64,6 +68,64 @@ def _quantiles(s: pl.Series) -> dict[str, float]:
     return {f"p{int(q * 100)}": _num(s.quantile(q)) for q in (0.1, 0.5, 0.9, 0.99)} | {"max": _num(s.max())}
 
 
+def lineage(workdir: Workdir, manifest: Manifest) -> dict[str, Any]:
+    """Where a dataset comes from: the prompt set (its location and sha256), the model that
+    sampled it (its digest) and, for a score dataset, its scorers and the generate dataset it
+    scored (found in ``workdir`` by the fingerprint its manifest recorded)."""
+    gen: Manifest | None = manifest
+    out: dict[str, Any] = {}
+    if manifest.stage == "score":
+        fp = manifest.inputs.generate
+        gen = next((m for _, m in versions(workdir) if m.stage == "generate" and m.fingerprint == fp), None)
+        scorers = manifest.config.get("scorers") or []
+        out["scorers"] = [{k: v for k, v in s.items() if k in ("kind", "name", "function", "model", "path", "backend",
+                                                                 "base_url", "criterion", "weight")}
+                          for s in scorers if isinstance(s, dict)]
+        out["generate_key"] = gen.key if gen is not None else None
+        out["scorer_sources"] = manifest.sources.get("scorers")
+    prompts = gen.inputs.prompts if gen is not None else None
+    sources = gen.sources if gen is not None else {}
+    return {"prompt_set": sources.get("prompts"), "prompt_set_sha256": prompts.sha256 if prompts else None,
+            "model": sources.get("model"), "model_digest": gen.inputs.model if gen is not None else None,
+            **out}
+
+
+def judge_figures(d: StageDir, manifest: Manifest) -> dict[str, Any]:
+    """Per judge scorer of a score dataset, from its kept verdicts (``judge_<name>_*`` columns):
+    the parse rate, and the position bias: the share of parsed verdicts where the text shown
+    first wins (0.5 for a judge without bias when both orders are asked; with both orders, also
+    how often the two orders agree)."""
+    from grao_pipe.schemas import judge_column
+
+    present = set(pq.read_schema(d.member(manifest.shards[0].name)).names) if manifest.shards else set()
+    out: dict[str, Any] = {}
+    for sc in manifest.config.get("scorers") or []:
+        if not isinstance(sc, dict) or sc.get("kind") != "judge":
+            continue
+        name = sc.get("name")
+        fwd, swp = judge_column(str(name), "verdict"), judge_column(str(name), "verdict_swapped")
+        if fwd not in present:
+            out[str(name)] = {"verdicts": "not kept (scored by an older release)"}
+            continue
+        df = pl.from_arrow(d.read_table(manifest, [fwd, swp]))
+        assert isinstance(df, pl.DataFrame)
+        asked = [df[fwd]] + ([df[swp]] if df[swp].null_count() < df.height else [])
+        verdicts = pl.concat(asked)
+        parsed = verdicts.drop_nulls()
+        fig: dict[str, Any] = {
+            "answers": verdicts.len(), "parsed": parsed.len(),
+            "parse_rate": parsed.len() / max(verdicts.len(), 1),
+            "first_wins": _num((parsed == 1).mean()) if parsed.len() else None,
+            "second_wins": _num((parsed == -1).mean()) if parsed.len() else None,
+            "ties": _num((parsed == 0).mean()) if parsed.len() else None,
+        }
+        if len(asked) == 2:
+            both = df.drop_nulls([fwd, swp])
+            fig["orders_agree"] = _num((both[fwd] == -both[swp]).mean()) if both.height else None
+        out[str(name)] = fig
+    return out
+
+
 def card(d: StageDir, manifest: Manifest) -> dict[str, Any]:
     """The rollout card: lineage plus reward and length distributions."""
     cfg, inputs = manifest.config, manifest.inputs
@@ -86,10 +148,13 @@ def card(d: StageDir, manifest: Manifest) -> dict[str, Any]:
         },
         "response_tokens": _quantiles(lengths),
     }
+    out["lineage"] |= lineage(d.workdir, manifest)
     imported = getattr(manifest.stats, "imported", None)
     if imported:  # generate.backend=import: where the rollouts came from
         out["import"] = imported
     if manifest.stage == "score":
+        if judges := judge_figures(d, manifest):
+            out["judges"] = judges
         rewards = df["reward"].drop_nulls()
         out["reward"] = {"mean": _num(rewards.mean()), "invalid": int(df["reward"].null_count()),
                          "histogram": {str(k): int(v) for k, v in rewards.value_counts(sort=True).rows()}
@@ -153,15 +218,26 @@ def _size_category(n: int) -> str:
 
 # ---- export ----
 
+KTO_THRESHOLD = 0.0  # default: desirable = judged at least as good as the reference, R(o, y) >= 0
+
 
 @dataclass(frozen=True)
 class Exported:
     rows: int
     path: Path
+    warnings: tuple[str, ...] = ()
+
+
+def _prompt_messages() -> pl.Expr:
+    """The chat prompt without empty system turns (``system_prompt: none`` leaves one; TRL would
+    render it as an empty system block)."""
+    m = pl.element()
+    empty_system = (m.struct.field("role") == "system") & (m.struct.field("content").str.strip_chars() == "")
+    return pl.col("prompt_messages").list.eval(m.filter(~empty_system))
 
 
 def _trl_frame(df: pl.DataFrame, conversational: bool, columns: dict[str, pl.Expr]) -> pl.DataFrame:
-    prompt = pl.col("prompt_messages") if conversational else pl.col("prompt")
+    prompt = _prompt_messages() if conversational else pl.col("prompt")
     out = {"prompt": prompt}
     for name, expr in columns.items():
         out[name] = (pl.concat_list(pl.struct(role=pl.lit("assistant"), content=expr)) if conversational
@@ -169,63 +245,166 @@ def _trl_frame(df: pl.DataFrame, conversational: bool, columns: dict[str, pl.Exp
     return df.select(**out)
 
 
-def _preference(df: pl.DataFrame, pairs: str) -> pl.DataFrame:
-    """Rows (prompt, chosen, rejected, group_id). ``best-worst``: the group's highest- vs
-    lowest-reward sample (groups without a reward spread give none); ``reference-sample``: the
-    reference vs every sample the scorer judged strictly worse (R < 0); ``dataset``: the
-    reference vs the dataset's rejected answer."""
+def _complete(keep_truncated: bool) -> pl.Expr:
+    """Rows a chosen answer or completion may come from: finished samples (``finish_reason``
+    stop), unless truncated ones are kept (their ``finish_reason`` column marks them)."""
+    return pl.lit(True) if keep_truncated else pl.col("finish_reason") != "length"
+
+
+def _preference(df: pl.DataFrame, pairs: str, keep_truncated: bool = False) -> pl.DataFrame:
+    """Rows (prompt, chosen, rejected, group_id, chosen/rejected finish reasons).
+    ``best-worst``: the group's highest-reward finished sample vs its lowest-reward sample
+    (groups without a reward spread give none); ``reference-sample``: the reference vs every
+    sample the scorer judged strictly worse (R < 0); ``dataset``: the reference vs the dataset's
+    rejected answer. References and the dataset's answers are not samples: their finish reason is null."""
     valid = df.filter(pl.col("reward").is_not_null())
+    null = pl.lit(None, pl.String)
     if pairs == "best-worst":
         ranked = valid.sort(["group_id", "reward", "sample_idx"], descending=[False, True, False])
-        best = ranked.group_by("group_id", maintain_order=True).first()
-        worst = ranked.group_by("group_id", maintain_order=True).last().select("group_id", rejected=pl.col("response"),
-                                                                                worst=pl.col("reward"))
+        best = ranked.filter(_complete(keep_truncated)).group_by("group_id", maintain_order=True).first()
+        worst = ranked.group_by("group_id", maintain_order=True).last().select(
+            "group_id", rejected=pl.col("response"), worst=pl.col("reward"), rejected_finish_reason=pl.col("finish_reason"))
         joined = best.join(worst, on="group_id").filter(pl.col("reward") > pl.col("worst"))
-        return joined.with_columns(chosen=pl.col("response"))
+        return joined.with_columns(chosen=pl.col("response"), chosen_finish_reason=pl.col("finish_reason"))
     if pairs == "reference-sample":
-        return valid.filter(pl.col("reward") < 0).with_columns(chosen=pl.col("reference"), rejected=pl.col("response"))
+        return valid.filter(pl.col("reward") < 0).with_columns(
+            chosen=pl.col("reference"), rejected=pl.col("response"), chosen_finish_reason=null,
+            rejected_finish_reason=pl.col("finish_reason"))
     firsts = df.group_by("group_id", maintain_order=True).first().filter(pl.col("reference_rejected").is_not_null())
-    return firsts.with_columns(chosen=pl.col("reference"), rejected=pl.col("reference_rejected"))
+    return firsts.with_columns(chosen=pl.col("reference"), rejected=pl.col("reference_rejected"),
+                               chosen_finish_reason=null, rejected_finish_reason=null)
 
 
-def export(d: StageDir, manifest: Manifest, fmt: str, out: Path, pairs: str = "best-worst") -> Exported:
-    """Write ``manifest``'s dataset to ``out`` as ``fmt`` (see the CLI's ``datasets export``)."""
-    if out.exists() and any(out.iterdir()):
+def _stale_temporaries(out: Path) -> None:
+    """Remove what a killed export to ``out`` left (``.tmp-<name>.<pid>`` of a dead process)."""
+    for tmp in out.parent.glob(f".tmp-{out.name}.*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def export(d: StageDir, manifest: Manifest, fmt: str, out: Path, pairs: str = "best-worst",
+           keep_truncated: bool = False, kto_threshold: float = KTO_THRESHOLD) -> Exported:
+    """Write ``manifest``'s dataset to ``out`` as ``fmt`` (see the CLI's ``datasets export``).
+
+    Built in a temporary sibling (``.tmp-<name>.<pid>``), fsynced, renamed into place: ``out``
+    exists only whole. A killed export leaves no ``out`` (its temporary is removed by the next
+    export), so the same command simply runs again."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not empty; choose a new --out directory")
-    out.mkdir(parents=True, exist_ok=True)
+    if fmt in ("preference", "kto") and manifest.stage != "score":
+        raise InputError(f"--format {fmt} needs rewards: export a score dataset (this one is {manifest.stage})")
+    parent = out.parent
+    made_parent = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    _stale_temporaries(out)
+    tmp = parent / f".tmp-{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result = _build(d, manifest, fmt, tmp, pairs, keep_truncated, kto_threshold)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        kill_point("export.written")
+        if out.exists():
+            out.rmdir()  # empty (checked above): the rename needs it gone
+        tmp.rename(out)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # no empty directory left behind
+        raise
+    return Exported(result.rows, out, result.warnings)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _build(d: StageDir, manifest: Manifest, fmt: str, out: Path, pairs: str, keep_truncated: bool,
+           kto_threshold: float) -> Exported:
     table = d.read_table(manifest)
+    lineage = _lineage_front(d, manifest)
     if fmt == "dataset":
         pq.write_table(table, out / "train.parquet", compression="zstd")
-        atomic_write_bytes(out / "README.md", card_markdown(d, manifest, card(d, manifest), "train.parquet",
-                                                            table.schema).encode())
+        (out / "README.md").write_bytes(card_markdown(d, manifest, card(d, manifest), "train.parquet",
+                                                      table.schema).encode())
         return Exported(table.num_rows, out)
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    if fmt in ("preference", "kto") and manifest.stage != "score":
-        raise InputError(f"--format {fmt} needs rewards: export a score dataset (this one is {manifest.stage})")
     conversational = df["prompt_messages"].null_count() < df.height
+    warnings: list[str] = []
+    note = ""
+    truncated = int((df["finish_reason"] == "length").sum())
     if fmt == "preference":
-        rows = _preference(df, pairs)
+        rows = _preference(df, pairs, keep_truncated)
         result = _trl_frame(rows, conversational, {"chosen": pl.col("chosen"), "rejected": pl.col("rejected")})
-        result = result.with_columns(group_id=rows["group_id"])
+        result = result.with_columns(group_id=rows["group_id"], chosen_finish_reason=rows["chosen_finish_reason"],
+                                     rejected_finish_reason=rows["rejected_finish_reason"])
+        note = f", pairs: {pairs}"
     elif fmt == "kto":
-        # Desirable: judged at least as good as the reference (R(o, y) >= 0).
+        # Desirable: R(o, y) >= threshold (default 0: at least as good as the reference).
         rows = df.filter(pl.col("reward").is_not_null())
-        result = _trl_frame(rows, conversational, {"completion": pl.col("response"), "label": pl.col("reward") >= 0})
-    else:  # prompt-completion: per group, the best sample when it beat the reference, else the reference
+        rows = rows.filter(_complete(keep_truncated) | (pl.col("reward") < kto_threshold))
+        result = _trl_frame(rows, conversational, {"completion": pl.col("response"),
+                                                   "label": pl.col("reward") >= kto_threshold})
+        result = result.with_columns(finish_reason=rows["finish_reason"])
+        n_true = int(result["label"].sum()) if result.height else 0
+        if result.height and n_true in (0, result.height):
+            warnings.append(f"every KTO label is {n_true == result.height} (threshold R >= {kto_threshold:g}, rewards "
+                            f"{_num(rows['reward'].min()):g} .. {_num(rows['reward'].max()):g}): KTO needs both; "
+                            "set --kto-threshold between them")
+        note = f", label: R >= {kto_threshold:g}"
+    else:  # prompt-completion: per group, the best finished sample when it beat the reference, else the reference
         if manifest.stage == "score":
-            ranked = df.sort(["group_id", "reward", "sample_idx"], descending=[False, True, False], nulls_last=True)
-            rows = ranked.group_by("group_id", maintain_order=True).first()
-            completion = pl.when(pl.col("reward") > 0).then(pl.col("response")).otherwise(pl.col("reference"))
+            ranked = df.filter(_complete(keep_truncated) | pl.col("reward").is_null()).sort(
+                ["group_id", "reward", "sample_idx"], descending=[False, True, False], nulls_last=True)
+            # Every group keeps a row: the reference when no finished sample beat it.
+            rows = df.group_by("group_id", maintain_order=True).first().select(
+                "group_id", "prompt", "prompt_messages", "reference").join(
+                ranked.group_by("group_id", maintain_order=True).first().select(
+                    "group_id", "response", "reward", "finish_reason"), on="group_id", how="left")
+            sample = pl.col("reward").is_not_null() & (pl.col("reward") > 0)
+            completion = pl.when(sample).then(pl.col("response")).otherwise(pl.col("reference"))
+            finish = pl.when(sample).then(pl.col("finish_reason")).otherwise(pl.lit(None, pl.String))
         else:
             rows = df.group_by("group_id", maintain_order=True).first()
-            completion = pl.col("reference")
-        result = _trl_frame(rows, conversational, {"completion": completion})
+            completion, finish = pl.col("reference"), pl.lit(None, pl.String)
+        result = _trl_frame(rows, conversational, {"completion": completion, "finish_reason": finish})
+    if truncated and not keep_truncated and fmt != "kto":
+        note += f"; {truncated} truncated samples (finish_reason length) never chosen"
+    elif truncated and not keep_truncated:
+        note += f"; {truncated} truncated samples (finish_reason length) never desirable"
     arrow = result.to_arrow()
     pq.write_table(arrow, out / "train.parquet", compression="zstd")
-    extra = {"tags": ["grao-pipe", "trl", fmt]}
+    extra = {"tags": ["grao-pipe", "trl", fmt], "grao_pipe_lineage": lineage}
     body = (f"\n# {fmt} export of grao-pipe {manifest.stage} dataset {manifest.key[:16]}\n\n"
-            f"{arrow.num_rows} rows for TRL ({'conversational' if conversational else 'standard'} format)"
-            + (f", pairs: {pairs}" if fmt == "preference" else "") + ".\n")
-    atomic_write_bytes(out / "README.md", (card_yaml(arrow.schema, "train.parquet", extra) + body).encode())
-    return Exported(arrow.num_rows, out)
+            f"{arrow.num_rows} rows for TRL ({'conversational' if conversational else 'standard'} format){note}.\n"
+            "`finish_reason` (`stop`/`length`) is the sample's; null for a reference or the dataset's own answer.\n\n"
+            "## Lineage\n\n```json\n" + json.dumps(lineage, indent=2) + "\n```\n")
+    (out / "README.md").write_bytes((card_yaml(arrow.schema, "train.parquet", extra) + body).encode())
+    return Exported(arrow.num_rows, out, tuple(warnings))
+
+
+def _lineage_front(d: StageDir, manifest: Manifest) -> dict[str, Any]:
+    try:
+        return lineage(d.workdir, manifest)
+    except Exception:  # lineage is information: an unreadable sibling must not fail the export
+        return {}

@@ -3,7 +3,8 @@ SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a s
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
 (after checkpoint n is committed), ``generate.import:<i>`` (after an import committed shard i),
 ``train.export`` (half-way through writing the export), ``train.exported`` (export done,
-manifest not yet written). Unset (always, outside tests): nothing happens.
+manifest not yet written), ``export.written`` (an export's files written, not yet renamed into
+place). Unset (always, outside tests): nothing happens.
 """
 
 from __future__ import annotations

@@ -154,6 +154,9 @@ class _Manifest(_Model):
     @field_serializer("inputs")
     def _inputs_as_read(self, inputs: Inputs) -> dict[str, Any]:
         return inputs.model_dump(mode="json", exclude_unset=True)  # no typed field a stage never set
+    # Where the inputs came from, as configured (prompt file, model and scorer locations): for
+    # lineage only, not hashed (keys follow the contents, so a moved file keeps its caches).
+    sources: dict[str, Any] = Field(default_factory=dict)
     rows: int = 0
     shards: list[ShardEntry]
 

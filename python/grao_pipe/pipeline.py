@@ -16,7 +16,7 @@ from pathlib import Path
 
 from grao_pipe import scoring
 from grao_pipe.config import PipelineConfig, ScorerConfig
-from grao_pipe.errors import DataError, StageNotReady
+from grao_pipe.errors import DataError, GraoError, StageNotReady
 from grao_pipe.models import Policy
 from grao_pipe.prompts import PromptSet, load_prompt_set
 from grao_pipe.stages import STAGES, plan, run_stages
@@ -65,7 +65,8 @@ class Pipeline:
         return self.model_at(self.cfg.score.reference_model)
 
     def scorer_files(self, scorer: ScorerConfig) -> scoring.ScorerFiles:
-        return scoring.scorer_files(scorer, self.input)
+        # Models through model_at, like the policy, reference and eval models: the same forms everywhere.
+        return scoring.scorer_files(scorer, self.input, self.model_at)
 
     def model_at(self, location: str) -> Policy:
         """A model named in the config: a directory (path or URL), or a GGUF file (path, URL or
@@ -157,7 +158,13 @@ class Pipeline:
         return run_stages(self, force, on_outcome)
 
     def status(self) -> list[StageStatus]:
-        return [self._status(stage.name, round_) for stage, round_ in plan(self.cfg)]
+        rows: list[StageStatus] = []
+        for stage, round_ in plan(self.cfg, outside_rounds=True):
+            try:
+                rows.append(self._status(stage.name, round_))
+            except GraoError as e:  # e.g. an eval.base_model that does not resolve: say so, list the rest
+                rows.append(StageStatus(round_, stage.name, "unavailable", None, str(e)))
+        return rows
 
     def _status(self, stage: str, round_: int) -> StageStatus:
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grao_pipe import progress
+
 
 class ReferenceModel:
     def __init__(self, model_dir: Path, batch_size: int = 16, chunk_tokens: int = 4096):
@@ -31,6 +33,7 @@ class ReferenceModel:
         torch = self._torch
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
         out: list[list[float]] = [[] for _ in prompts]
+        task = progress.task("reference log-probs", unit="sequences").grow(len(order))
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
             ids, attn = hf.pad([prompts[i] + continuations[i] for i in idx], 0)
@@ -48,4 +51,5 @@ class ReferenceModel:
                 n = len(continuations[i])
                 out[i] = flat[start : start + n]
                 start += n
+            task.advance(len(idx), tokens=int(attn.sum()))
         return out

@@ -89,6 +89,22 @@ def _with_meta(fields: list[pa.Field], stage: str) -> pa.Schema:
 REWARDS_FIELDS: list[pa.Field] = [
     pa.field("reward", pa.float64()),  # null = invalid (scorer error, unparseable judge answer)
 ]
+# A judge scorer's rewards file also keeps, row for row, what the judge said, so that a bad
+# parse rate or a position bias can be read with any Parquet tool. Score shards carry them as
+# ``judge_<scorer name>_<field>`` (beside the ``reward_<scorer name>`` column of every scorer).
+JUDGE_DETAIL_FIELDS: list[pa.Field] = [
+    pa.field("answer", pa.string()),  # the judge's raw text, the response shown as Text 1
+    pa.field("verdict", pa.int8()),  # parsed: +1 Text 1 better, 0 tie, -1 Text 2 better; null = unparseable
+    pa.field("answer_swapped", pa.string()),  # both_orders: the raw text with the response as Text 2, else null
+    pa.field("verdict_swapped", pa.int8()),  # parsed as above (+1: Text 1, here the reference, better)
+]
+
+
+def judge_column(scorer: str, field: str) -> str:
+    """The score-shard column of judge ``scorer``'s detail ``field`` (JUDGE_DETAIL_FIELDS)."""
+    return f"judge_{scorer}_{field}"
+
+
 META_SOURCE = b"grao_pipe.source_sha256"
 # The directory (``<stage>/<key[:16]>``) a shard was written for: a resumed run adopts only its own.
 META_KEY = b"grao_pipe.key"

@@ -66,3 +66,57 @@ def test_unavailable_is_retried_and_garbage_is_reported():
         assert _Garbage.calls == 2  # the 503 is retried by the SDK; a garbage 200 is an error at once
     finally:
         server.shutdown()
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Refuses every completion with HTTP 400 and the server's reason; lists its models."""
+
+    posts = 0
+
+    def _json(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        type(self).posts += 1
+        self._json(400, b'{"error": {"message": "The model `gpt-judge` does not exist.", "type": "NotFoundError"}}')
+
+    def do_GET(self):
+        self._json(200, b'{"object": "list", "data": [{"id": "Qwen/Qwen2.5-7B-Instruct", "object": "model"}]}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refused_request_is_a_config_error_with_the_served_models():
+    """HTTP 4xx: not retried, exit 2 (ConfigError), the server's own message and /v1/models."""
+    from grao_pipe.errors import ConfigError
+    from grao_pipe.openai_client import EndpointRejected
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/v1"
+        judge = Judge(JudgeScorer(model="gpt-judge", base_url=base, max_retries=3, concurrency=1), ScorerFiles())
+        with pytest.raises(EndpointRejected) as e:
+            judge.score(ScoreInput.from_lists(["1+2="], ["3"], ["3"]))
+        assert isinstance(e.value, ConfigError) and e.value.exit_code == 2
+        msg = str(e.value)
+        assert "HTTP 400" in msg and "The model `gpt-judge` does not exist." in msg
+        assert "'Qwen/Qwen2.5-7B-Instruct'" in msg
+        assert _Refusing.posts == 1  # a 4xx is not retried
+    finally:
+        server.shutdown()
+
+
+def test_transformers_serve_unknown_model_is_a_config_error(openai_server):
+    """The trial's case: a judge model name the server does not serve -> exit 2, not 7."""
+    from grao_pipe.openai_client import EndpointRejected
+
+    base_url, model = openai_server
+    judge = Judge(JudgeScorer(model="no-such/judge-model", base_url=base_url, max_tokens=4, max_retries=1), ScorerFiles())
+    with pytest.raises(EndpointRejected, match=r"refused the request for model 'no-such/judge-model': HTTP 4\d\d") as e:
+        judge.score(ScoreInput.from_lists(["1+2="], ["3"], ["3"]))
+    assert f"it serves {model!r}" in str(e.value)  # transformers serve names a model by its directory

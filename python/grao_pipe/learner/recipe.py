@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from grao_pipe import progress
 from grao_pipe.config import TrainConfig
 from grao_pipe.faults import kill_point
 from grao_pipe.learner import checkpoint, lora
@@ -211,6 +212,7 @@ class GRAORecipe:
             mfu=6 * self.n_params * r.real_tokens / seconds / (self.peak_flops * self.world) if self.peak_flops else None,
             **{f"loss_{k}": v / n for k, v in r.terms.items()}, **r.diag)
         self.loggers.log(step, rec.flat())
+        progress.learner_step(step + 1, self.total_steps, r.real_tokens)  # a line in train.log, flushed
 
     def checkpoint(self, done: int) -> None:
         """Every ``checkpoint_every`` steps, and after the last one (what a resumed run exports)."""

@@ -11,32 +11,62 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from grao_pipe.config import FunctionScorer, JudgeScorer, RewardModelScorer, ScorerConfig
 from grao_pipe.hashing import digest
 from grao_pipe.scoring.base import Scorer, ScoreResult
 from grao_pipe.sections import keyed
 
-__all__ = ["ScoreResult", "Scorer", "ScorerFiles", "build", "scorer_files", "scorer_key"]
+__all__ = ["ModelRef", "ScoreResult", "Scorer", "ScorerFiles", "build", "scorer_files", "scorer_key"]
+
+
+class ModelRef(Protocol):
+    """A model a config names, resolved by the pipeline's one model resolver
+    (``Pipeline.model_at``: directory, URL, ``.gguf``, ``pkg:``): its digest now, its local
+    Hugging Face directory when loaded (a GGUF file is imported then)."""
+
+    @property
+    def digest(self) -> str: ...
+
+    def local_dir(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class _LocalModel:
+    path: Path
+
+    @property
+    def digest(self) -> str:
+        from grao_pipe.models import policy_digest
+
+        return policy_digest(self.path)
+
+    def local_dir(self) -> Path:
+        return self.path
 
 
 @dataclass(frozen=True)
 class ScorerFiles:
-    """Local paths of the files a scorer reads."""
+    """The model and files a scorer reads."""
 
-    model: Path | None = None  # reward model, or the local judge's model directory
+    model_ref: ModelRef | None = None  # reward model, or the local judge's model
     template: Path | None = None  # judge template (the bundled one when not configured)
     code: Path | None = None  # a function scorer's module file
+
+    @property
+    def model(self) -> Path | None:
+        """The model's local directory (built on first use)."""
+        return self.model_ref.local_dir() if self.model_ref is not None else None
 
     def digests(self) -> dict[str, str]:
         """Content digests: a file replaced in place under the same path or URL changes the
         rewards, so it changes the keys too."""
-        from grao_pipe.models import policy_digest
         from grao_pipe.storage import content_sha256
 
         out = {}
-        if self.model is not None:
-            out["model"] = policy_digest(self.model)
+        if self.model_ref is not None:
+            out["model"] = self.model_ref.digest
         if self.template is not None:
             out["template"] = content_sha256(self.template)
         if self.code is not None:
@@ -44,12 +74,18 @@ class ScorerFiles:
         return out
 
 
-def scorer_files(cfg: ScorerConfig, resolve: Callable[[str], Path]) -> ScorerFiles:
-    """The files ``cfg`` reads, as local paths (``resolve``: the pipeline's input resolver)."""
+def scorer_files(cfg: ScorerConfig, resolve: Callable[[str], Path],
+                 resolve_model: Callable[[str], ModelRef] | None = None) -> ScorerFiles:
+    """The files ``cfg`` reads (``resolve``: the pipeline's input resolver; ``resolve_model``:
+    its model resolver, the same for every model a config names; default: a local directory)."""
+    def local_model(loc: str) -> ModelRef:
+        return _LocalModel(resolve(loc))
+
+    model = resolve_model or local_model
     if isinstance(cfg, RewardModelScorer):
-        return ScorerFiles(model=resolve(cfg.path))
+        return ScorerFiles(model_ref=model(cfg.path))
     if isinstance(cfg, JudgeScorer):
-        return ScorerFiles(model=resolve(cfg.model) if cfg.backend == "hf" else None,
+        return ScorerFiles(model_ref=model(cfg.model) if cfg.backend == "hf" else None,
                            template=resolve(cfg.template) if cfg.template else bundled_template())
     if isinstance(cfg, FunctionScorer):
         from grao_pipe.scoring.function import module_file

@@ -62,6 +62,9 @@ class ScoreResult:
     values: pa.Array  # float64 R(o, y) per row; null = invalid (excluded from advantages)
     errors: int = 0  # rows whose scorer call failed
     unparseable: int = 0  # judge answers that matched no verdict
+    # Per-row detail columns kept beside the reward (a judge's raw answers and parsed verdicts:
+    # grao_pipe.schemas.JUDGE_DETAIL_FIELDS), or None.
+    details: pa.Table | None = None
 
     def tolist(self) -> list[float | None]:
         return self.values.to_pylist()

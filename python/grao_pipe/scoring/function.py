@@ -49,7 +49,18 @@ def load_function(spec: str, key: str) -> RewardFn:
     module_name, attr = _split(spec, key)
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the module's own code raising at import
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing and module_name != missing and not module_name.startswith(missing + "."):
+            # The module was found; something it imports was not.
+            raise ConfigError(f"{key}: module {module_name!r} was found but its own import of {missing!r} failed "
+                              f"({e}); install {missing!r} in this environment") from None
+        rel = module_name.replace(".", "/")
+        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e}). Scorer modules are imported by "
+                          f"name from Python's search path: the file {rel}.py (or package {rel}/) must sit under "
+                          "a directory on PYTHONPATH (e.g. PYTHONPATH=/dir/with/the/module grao-pipe ...; the "
+                          "`grao-pipe` command does not search the current directory) or be installed") from None
+    except Exception as e:  # the module's own code raising at import
         raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):

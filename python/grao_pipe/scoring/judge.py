@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from grao_pipe import progress
 from grao_pipe.config import JudgeScorer
 from grao_pipe.errors import ConfigError
 from grao_pipe.scoring.base import ScoreInput, ScoreResult
@@ -103,25 +104,50 @@ class Judge:
         return self.template.format(context=context, text1=text1, text2=text2, criterion=self.criterion)
 
     def _ask(self, prompts: list[str]) -> list[str]:
+        task = progress.task(f"judge {self.name}", unit="calls").grow(len(prompts))
         if self.cfg.backend == "openai":
             from grao_pipe.openai_client import message_text
 
+            def one(body: dict[str, object]) -> object:
+                answer = self._client.chat(body)
+                task.advance()
+                return answer
+
             bodies = [{"model": self.cfg.model, "messages": [{"role": "user", "content": p}],
                        "max_tokens": self.cfg.max_tokens, "temperature": 0.0, "seed": 0} for p in prompts]
-            return [message_text(r) for r in self._client.map(self._client.chat, bodies)]
-        return self._local.complete(prompts)
+            return [message_text(r) for r in self._client.map(one, bodies)]
+        out: list[str] = []
+        step = self._local.batch_size
+        for i in range(0, len(prompts), step):
+            out += self._local.complete(prompts[i : i + step])
+            task.advance(len(prompts[i : i + step]))
+        return out
 
-    def score(self, rows: ScoreInput) -> ScoreResult:
+    def prompts(self, rows: ScoreInput) -> tuple[list[str], list[str] | None]:
+        """The rendered judge prompts: response as Text 1, and (both_orders) as Text 2."""
         contexts = [dialogue_text(d) for d in rows.dialogues()]
         responses, references = rows.response.to_pylist(), rows.reference.to_pylist()
-        forward = [parse_verdict(a) for a in self._ask(
-            [self.prompt(q, o, y) for q, o, y in zip(contexts, responses, references, strict=True)])]
-        if self.cfg.both_orders:
-            swapped = [parse_verdict(a) for a in self._ask(
-                [self.prompt(q, y, o) for q, o, y in zip(contexts, responses, references, strict=True)])]
+        forward = [self.prompt(q, o, y) for q, o, y in zip(contexts, responses, references, strict=True)]
+        swapped = ([self.prompt(q, y, o) for q, o, y in zip(contexts, responses, references, strict=True)]
+                   if self.cfg.both_orders else None)
+        return forward, swapped
+
+    def score(self, rows: ScoreInput) -> ScoreResult:
+        forward_prompts, swapped_prompts = self.prompts(rows)
+        answers = self._ask(forward_prompts)
+        forward = [parse_verdict(a) for a in answers]
+        details: dict[str, pa.Array] = {"answer": pa.array(answers, pa.string()), "verdict": pa.array(forward, pa.int8())}
+        if swapped_prompts is not None:
+            answers_swapped = self._ask(swapped_prompts)
+            swapped = [parse_verdict(a) for a in answers_swapped]
             values = [None if a is None or b is None else (a - b) / 2 for a, b in zip(forward, swapped, strict=True)]
             unparseable = sum(v is None for v in forward) + sum(v is None for v in swapped)
+            details |= {"answer_swapped": pa.array(answers_swapped, pa.string()),
+                        "verdict_swapped": pa.array(swapped, pa.int8())}
         else:
             values = [None if a is None else float(a) for a in forward]
             unparseable = sum(v is None for v in forward)
-        return ScoreResult(pa.array(values, pa.float64()), unparseable=unparseable)
+            details |= {"answer_swapped": pa.nulls(len(forward), pa.string()),
+                        "verdict_swapped": pa.nulls(len(forward), pa.int8())}
+        progress.task(f"judge {self.name}", unit="calls").advance(0, errors=unparseable)
+        return ScoreResult(pa.array(values, pa.float64()), unparseable=unparseable, details=pa.table(details))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from grao_pipe import progress
 from grao_pipe.config import RewardModelScorer
 from grao_pipe.scoring.base import ScoreInput, ScoreResult
 
@@ -39,6 +40,7 @@ class RewardModel:
 
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
         out = [0.0] * len(ids)
+        task = progress.task(f"reward model {self.cfg.name}", unit="batches").grow(-(-len(order) // self.cfg.batch_size))
         for b in range(0, len(order), self.cfg.batch_size):
             idx = order[b : b + self.cfg.batch_size]
             x, mask = (t.to(self.model.device) for t in hf.pad([ids[i] for i in idx], self.tok.pad_token_id))
@@ -51,6 +53,7 @@ class RewardModel:
                 scores = head(last)[:, 0].float().tolist()
             for r, i in enumerate(idx):
                 out[i] = scores[r]
+            task.advance(tokens=int(mask.sum()))
         return out
 
     def conversation(self, turns: list[tuple[str, str]], response: str) -> tuple[str, bool]:

@@ -34,12 +34,14 @@ def round_order() -> list[Stage]:
     return order
 
 
-def plan(cfg: PipelineConfig) -> list[tuple[Stage, int]]:
+def plan(cfg: PipelineConfig, outside_rounds: bool = False) -> list[tuple[Stage, int]]:
     """What ``grao-pipe run`` does, in order: the stages of every round (``run.rounds``) in graph
-    order, then those outside the round loop (eval) for the last round if ``run.<name>``."""
+    order, then those outside the round loop (eval) for the last round if ``run.<name>`` (or
+    always, with ``outside_rounds``: what ``status`` lists)."""
     rounds = cfg.run.rounds
     steps = [(s, r) for r in range(1, rounds + 1) for s in round_order() if s.in_run]
-    return steps + [(s, rounds) for s in round_order() if not s.in_run and getattr(cfg.run, s.name, False)]
+    return steps + [(s, rounds) for s in round_order()
+                    if not s.in_run and (outside_rounds or getattr(cfg.run, s.name, False))]
 
 
 def run_stages(p: Pipeline, force: bool = False, on_outcome: OnOutcome | None = None) -> list[Outcome]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rich.console import Console
 
+from grao_pipe import progress
 from grao_pipe.errors import DataError, StageNotReady
 from grao_pipe.hashing import digest
 from grao_pipe.manifests import Manifest, StageManifest
@@ -119,10 +120,12 @@ class Target:
         self.dir.check_listing(m)
         return m
 
-    def commit(self, cls: type[M], shards: list[Any], stats: Any) -> M:
-        """Commit this output: its manifest (key, config and inputs as hashed, the round) with
-        ``shards`` and ``stats``, and ``_SUCCESS``; returns the committed manifest."""
-        m = cls(key=self.key, config=self.config, inputs={**self.inputs, "round": self.round}, shards=shards, stats=stats)
+    def commit(self, cls: type[M], shards: list[Any], stats: Any, sources: dict[str, Any] | None = None) -> M:
+        """Commit this output: its manifest (key, config and inputs as hashed, the round; the
+        unhashed ``sources`` for lineage) with ``shards`` and ``stats``, and ``_SUCCESS``;
+        returns the committed manifest."""
+        m = cls(key=self.key, config=self.config, inputs={**self.inputs, "round": self.round}, shards=shards,
+                stats=stats, sources=sources or {})
         self.dir.commit(m)
         return m
 
@@ -189,7 +192,12 @@ class Stage(ABC):
             cached = target.check(target.dir.prepare(force and self.may_wipe(p, part)))
             if cached is not None:
                 return Outcome(target, True, cached)
-            return self.execute(p, target, part)
+            try:
+                with progress.board(self.name):  # a bar on a terminal, a line every N seconds elsewhere
+                    return self.execute(p, target, part)
+            except BaseException:
+                target.dir.remove_if_empty()  # a run that failed before writing anything leaves no trace
+                raise
 
     def forget(self, p: Pipeline, target: Target) -> None:
         """With ``--force``: drop derived caches besides the output (score: raw rewards)."""

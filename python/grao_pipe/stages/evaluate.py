@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from grao_pipe import metrics, scoring
+from grao_pipe import metrics, progress, scoring
 from grao_pipe.errors import DataError
 from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
@@ -89,7 +89,8 @@ class Eval(Stage):
                   "scorer": scoring.scorer_key(scorer, p.scorer_files(scorer)), "base": base.digest, "model": post.digest}
         return self.make_target(p, up, {"eval": keyed(ec), "generate": keyed(p.cfg.generate)}, inputs)
 
-    def _answers(self, p: Pipeline, policy: Policy, prompts: list[Prompt]) -> tuple[list[Any], list[str]]:
+    def _answers(self, p: Pipeline, policy: Policy, prompts: list[Prompt],
+                 task: progress.Task) -> tuple[list[Any], list[str]]:
         ec = p.cfg.eval
         gen = p.cfg.generate.model_copy(update={"num_samples": 1, "temperature": ec.temperature, "backend": "hf",
                                                 "max_new_tokens": ec.max_new_tokens or p.cfg.generate.max_new_tokens})
@@ -101,7 +102,10 @@ class Eval(Stage):
         texts: list[str] = []
         for b in range(0, len(requests), ec.batch_size):
             batch = requests[b : b + ec.batch_size]
-            texts += [g[0].text for g in sampler.sample(batch, ec.seed + b)]
+            groups = sampler.sample(batch, ec.seed + b)
+            texts += [g[0].text for g in groups]
+            task.advance(len(batch), tokens=sum(len(g[0].token_ids) for g in groups))
+        task.advance(len(prompts) - len(requests))  # skipped as too long
         return requests, texts
 
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
@@ -115,8 +119,10 @@ class Eval(Stage):
         prompts = load_prompt_set(p.input(self._prompts_location(p)), data).prompts
         scorer_cfg = ec.scorer or p.cfg.score.scorers[0]
         scorer = scoring.build(scorer_cfg, p.scorer_files(scorer_cfg))
-        requests, post_texts = self._answers(p, post, prompts)
-        _, pre_texts = self._answers(p, base, prompts)
+        task = progress.task("eval", total=2 * len(prompts), unit="answers")
+        requests, post_texts = self._answers(p, post, prompts, task)
+        _, pre_texts = self._answers(p, base, prompts, task)
+        task.finish()
         texts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
         messages = [[{"role": role, "content": c} for role, c in r.prompt.messages] if r.prompt.messages else None
@@ -129,6 +135,14 @@ class Eval(Stage):
             raise DataError(f"eval (round {target.round}): no prompt has a valid score for both models "
                             f"({len(requests)} prompts; unparseable judge answers {res_post.unparseable + res_pre.unparseable}, "
                             f"scorer errors {res_post.errors + res_pre.errors}); fix the scorer and re-run")
+        invalid = sum(v is None for v in r_post) + sum(v is None for v in r_pre)
+        share = invalid / max(2 * len(requests), 1)
+        if share > p.cfg.score.max_invalid_share:  # the rule of score: a metric on a few rows is no result
+            raise DataError(f"eval (round {target.round}): {invalid} of {2 * len(requests)} rewards are invalid "
+                            f"({share:.0%}: unparseable judge answers {res_post.unparseable + res_pre.unparseable}, "
+                            f"scorer errors {res_post.errors + res_pre.errors}), over score.max_invalid_share="
+                            f"{p.cfg.score.max_invalid_share:g}; the metrics would rest on {n_valid} prompts. Fix the "
+                            "scorer (judge model, template, endpoint) or raise the share")
         result = {
             "n_prompts": len(requests), "scorer": scorer_cfg.name, "held_out": ec.prompts is not None,
             "invalid": {"model": sum(v is None for v in r_post), "base": sum(v is None for v in r_pre)},
@@ -158,7 +172,9 @@ class Eval(Stage):
             return
         st = o.manifest.stats
         where = "" if st.held_out is not False else ", the TRAINING prompts: not held out"
-        table = Table(title=f"eval on {st.n_prompts} prompts{where} (scorer {st.scorer}){' (cached)' if o.cached else ''}")
+        invalid = f"; invalid rewards: model {st.invalid['model']}, base {st.invalid['base']}" if st.invalid else ""
+        table = Table(title=f"eval on {st.n_prompts} prompts{where} (scorer {st.scorer}{invalid})"
+                            f"{' (cached)' if o.cached else ''}")
         for col in ("metric", "value", "95% CI", "N"):
             table.add_column(col, justify="right")
         for name, group in (("RAS", st.ras), ("RAS (base)", st.ras_base), ("NAG", st.nag)):

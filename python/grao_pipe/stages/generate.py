@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from grao_pipe import progress
 from grao_pipe.errors import ConfigError
 from grao_pipe.generation import Sampler, make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
@@ -45,7 +43,7 @@ def _seed(base: int, shard: int, batch: int) -> int:
 
 
 def _generate_shard(gc: GenerateConfig, tok: PolicyTokenizer, sampler: Sampler, prompts: list[Prompt],
-                    shard: int, policy: str, progress: Progress, task: Any) -> tuple[pa.Table, dict[bytes, bytes]]:
+                    shard: int, policy: str, task: progress.Task) -> tuple[pa.Table, dict[bytes, bytes]]:
     requests, skipped, truncated = prepare_requests(gc, tok, prompts)
     cols: dict[str, list[Any]] = {name: [] for name in GENERATE_SCHEMA.names}
     for b in range(0, len(requests), gc.batch_size):
@@ -69,11 +67,8 @@ def _generate_shard(gc: GenerateConfig, tok: PolicyTokenizer, sampler: Sampler, 
                 }
                 for k, v in row.items():
                     cols[k].append(v)
-        new_tokens = sum(len(s.token_ids) for g in groups for s in g)
-        tokens = progress.tasks[task].fields["tokens"] + new_tokens
-        elapsed = progress.tasks[task].elapsed or 1e-9
-        progress.update(task, advance=len(batch), tokens=tokens, tok_s=tokens / elapsed)
-    progress.update(task, advance=skipped)
+        task.advance(len(batch), tokens=sum(len(s.token_ids) for g in groups for s in g))
+    task.advance(skipped)
     meta = {META_PROMPTS_SKIPPED: str(skipped).encode(), META_PROMPTS_TRUNCATED: str(truncated).encode()}
     return pa.Table.from_pydict(cols, schema=GENERATE_SCHEMA), meta
 
@@ -143,6 +138,8 @@ class Generate(Stage):
         names = [shard_name(i, n_shards) for i in range(n_shards)]
         todo = [i for i in range(n_shards) if i % n_parts == k and not target.dir.adoptable(names[i], "generate")]
         if todo:
+            task = progress.task("generate", total=sum(len(prompts[i * per : (i + 1) * per]) for i in todo),
+                                 unit="prompts")
             policy = target.upstream.model("train", -1)
             model_dir, adapter_dir = policy.for_backend(gc.backend)  # a LoRA round: base + adapter
             tok = PolicyTokenizer(policy.tokenizer_dir(), p.cfg.model.trust_remote_code)
@@ -150,15 +147,12 @@ class Generate(Stage):
                 raise ConfigError(f"generate.max_new_tokens={gc.max_new_tokens} leaves no room for a prompt in the "
                                   f"model's context of {tok.context} tokens; lower it below {tok.context}")
             sampler = make_sampler(gc, model_dir, tok, p.cfg.model.trust_remote_code, adapter_dir)
-            columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                       TimeElapsedColumn(), TextColumn("{task.fields[tokens]} tokens, {task.fields[tok_s]:.0f} tokens/s"))
-            with Progress(*columns, console=Console(stderr=True), disable=not sys.stderr.isatty()) as progress:
-                total = sum(len(prompts[i * per : (i + 1) * per]) for i in todo)
-                task = progress.add_task("generate", total=total, tokens=0, tok_s=0.0)
-                for i in todo:
-                    table, meta = _generate_shard(gc, tok, sampler, prompts[i * per : (i + 1) * per], i,
-                                                  policy.digest, progress, task)
-                    target.dir.write_shard(names[i], table, "generate", meta=meta)
+            task.restart_clock()  # rates from the first sample, not from the model load
+            for i in todo:
+                table, meta = _generate_shard(gc, tok, sampler, prompts[i * per : (i + 1) * per], i,
+                                              policy.digest, task)
+                target.dir.write_shard(names[i], table, "generate", meta=meta)
+            task.finish()
         target.dir.pull()  # workers on other machines may have committed their shards meanwhile
         missing = [name for name in names if not target.dir.is_committed(name, "generate")]
         if missing:
@@ -179,7 +173,9 @@ class Generate(Stage):
             prompts_truncated=sum(s.prompts_truncated for s in per_shard),
             mean_response_tokens=tokens / max(rows, 1), seconds=round(timer.seconds, 3),
         )
-        return Outcome(target, False, target.commit(GenerateManifest, entries, stats), timer.seconds)
+        model = (p.cfg.model.path or "the embedded tiny model") if target.round == 1 else f"round {target.round - 1}'s train"
+        sources = {"prompts": p.cfg.data.prompts, "model": model}
+        return Outcome(target, False, target.commit(GenerateManifest, entries, stats, sources), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, GenerateManifest)

@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from grao_pipe import advantages, scoring
+from grao_pipe import advantages, progress, scoring
 from grao_pipe.config import FunctionScorer, PipelineConfig, ScoreConfig, ScorerConfig
 from grao_pipe.errors import DataError
 from grao_pipe.manifests import ScoreManifest, ScoreShardStats, ScoreStats, ShardEntry
-from grao_pipe.schemas import META_ERRORS, META_SOURCE, META_STATS, META_UNPARSEABLE
+from grao_pipe.schemas import (
+    JUDGE_DETAIL_FIELDS,
+    META_ERRORS,
+    META_SOURCE,
+    META_STATS,
+    META_UNPARSEABLE,
+    judge_column,
+)
 from grao_pipe.scoring.base import ScoreInput, Scorer
 from grao_pipe.sections import keyed
 from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
@@ -44,9 +51,10 @@ class _Rewards:
         self._lock = threading.Lock()  # shards are scored from two threads
         self.computed = 0  # shards scored in this run (0 when everything came from the cache)
 
-    def get(self, name: str, table: pa.Table, source_sha256: str) -> tuple[pa.Array, int, int]:
+    def get(self, name: str, table: pa.Table, source_sha256: str) -> tuple[pa.Array, int, int, pa.Table | None]:
         """(rewards aligned with ``table``, the generate shard ``name`` whose bytes hash to
-        ``source_sha256``; scorer errors; unparseable answers)."""
+        ``source_sha256``; scorer errors; unparseable answers; the judge's raw answers and
+        verdicts, JUDGE_DETAIL_FIELDS, or None)."""
         path = self.dir.local_path(name)  # another machine may have scored it already
         if shard_is_committed(path, "rewards"):
             try:
@@ -56,8 +64,9 @@ class _Rewards:
             meta = (cached.schema.metadata or {}) if cached is not None else {}
             if cached is not None and meta.get(META_SOURCE) == source_sha256.encode() \
                     and cached.num_rows == table.num_rows:
+                detail = [f.name for f in JUDGE_DETAIL_FIELDS if f.name in cached.column_names]
                 return (cached["reward"].combine_chunks(), int(meta.get(META_ERRORS, b"0")),
-                        int(meta.get(META_UNPARSEABLE, b"0")))
+                        int(meta.get(META_UNPARSEABLE, b"0")), cached.select(detail) if detail else None)
         with self._lock:
             if self._scorer is None:
                 self._scorer = scoring.build(self.cfg, self.files)
@@ -65,10 +74,13 @@ class _Rewards:
         result = self._scorer.score(ScoreInput.of(table))
         reward = result.values
         # A re-derivable cache: no fsync (a torn file fails its page checksums and is recomputed).
-        self.dir.write_shard(name, pa.table({"reward": reward}), "rewards",
+        cols = {"reward": reward}
+        if result.details is not None:
+            cols |= {c: result.details[c] for c in result.details.column_names}
+        self.dir.write_shard(name, pa.table(cols), "rewards",
                              meta={META_SOURCE: source_sha256.encode(), META_ERRORS: str(result.errors).encode(),
                                    META_UNPARSEABLE: str(result.unparseable).encode()}, durable=False)
-        return reward, result.errors, result.unparseable
+        return reward, result.errors, result.unparseable, result.details
 
 
 def _scalar(x: float, dtype: pa.DataType) -> pa.Scalar:
@@ -109,9 +121,12 @@ def _score_table(cfg: ScoreConfig, table: pa.Table, name: str, source_sha256: st
     """The score columns of one generate shard (``table`` holds at least ``_SCORED``, and
     ``_REFERENCE_TOKENS`` with a reference model), with ``group_id`` first for the stats."""
     per_scorer, counts = [], {"scorer_errors": 0, "unparseable": 0}
+    details: dict[str, pa.ChunkedArray] = {}
     for r in rewards:
-        values, errors, unparseable = r.get(name, table, source_sha256)
+        values, errors, unparseable, detail = r.get(name, table, source_sha256)
         per_scorer.append((r.cfg, values))
+        if detail is not None:
+            details |= {judge_column(r.cfg.name, c): detail[c] for c in detail.column_names}
         counts["scorer_errors"] += errors
         counts["unparseable"] += unparseable
     reward = _combine([(c.weight, v) for c, v in per_scorer])
@@ -129,6 +144,7 @@ def _score_table(cfg: ScoreConfig, table: pa.Table, name: str, source_sha256: st
                "ref_reference_logprobs": ref_ref_lp, "ref_reference_rejected_logprobs": ref_rej_lp}
     for c, v in per_scorer:
         columns[f"reward_{c.name}"] = v
+    columns |= details
     return pa.table(columns), counts
 
 
@@ -228,7 +244,15 @@ class Score(Stage):
             from grao_pipe.reference_model import ReferenceModel
 
             ref_model = ReferenceModel(p.reference_policy().local_dir())
+        task = progress.task("score", total=sum(s.rows for s in gen.shards), unit="rows")
+
         def one(shard: ShardEntry) -> ShardEntry:
+            entry = _one(shard)
+            st = entry.stats or {}
+            task.advance(entry.rows, errors=int(st.get("scorer_errors", 0)) + int(st.get("unparseable", 0)))
+            return entry
+
+        def _one(shard: ShardEntry) -> ShardEntry:
             if target.dir.adoptable(shard.name, "score"):  # resume after a crash: keep what was committed
                 entry = target.dir.committed_entry(shard.name, META_STATS)
                 if entry.stats is None:  # written without its stats (an older release): count them
@@ -253,8 +277,15 @@ class Score(Stage):
         # Model-based scorers already use every core: one shard at a time.
         plain = all(isinstance(s, FunctionScorer) for s in cfg.score.scorers) and ref_model is None
         threads = min((os.cpu_count() or 1) + 1, 8) if plain else 1
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            entries = list(pool.map(one, gen.shards))
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                entries = list(pool.map(one, gen.shards))
+        except BaseException:
+            for r in rewards:  # a scorer that failed at once leaves no empty cache directories
+                r.dir.remove_if_empty()
+                StageDir(r.dir.workdir, r.dir.path.parent).remove_if_empty()
+            raise
+        task.finish()
         per_shard = [ScoreShardStats.model_validate(e.stats) for e in entries]
         totals = {k: sum(getattr(s, k) for s in per_shard) for k in ScoreShardStats.model_fields}
         stats = ScoreStats(
@@ -266,7 +297,9 @@ class Score(Stage):
             seconds=round(timer.seconds, 3),
         )
         _check_signal(target, stats, cfg)
-        return Outcome(target, False, target.commit(ScoreManifest, entries, stats), timer.seconds)
+        sources = {"scorers": {s.name: getattr(s, "model", None) or getattr(s, "path", None) or getattr(s, "function", None)
+                               for s in cfg.score.scorers}}
+        return Outcome(target, False, target.commit(ScoreManifest, entries, stats, sources), timer.seconds)
 
     def summary(self, o: Outcome) -> list[str]:
         assert isinstance(o.manifest, ScoreManifest)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from grao_pipe import progress
 from grao_pipe.config import TrainConfig
 from grao_pipe.errors import FULL_ERRNOS, ConfigError, InputError, StageFailed, StorageFull
 from grao_pipe.extras import require
@@ -215,10 +216,17 @@ class Train(Stage):
         tmp = out / f"tmp{suffix}"
         tmp.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0)), "TMPDIR": str(tmp)}
+               "HF_HUB_OFFLINE": "1", "GRAO_PIPE_PGID": str(os.getpgid(0)), "TMPDIR": str(tmp),
+               "PYTHONUNBUFFERED": "1"}
         with open(log_path, "w") as log:
-            proc = subprocess.run(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
-                                  stderr=subprocess.STDOUT, env=env, check=False, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            try:  # the learner prints one progress line per step into the log: this stage's progress
+                progress.follow(log_path, proc, progress.task("train", unit="steps"))
+            except BaseException:  # Ctrl-C, SIGTERM: the learners stop with this process
+                proc.kill()
+                proc.wait()
+                raise
         if proc.returncode != 0 or not exported(out, cfg):
             raise StageFailed(f"train (round {target.round}) failed: {_root_cause(spec, log_path)}; "
                               f"full log: {log_path}")

@@ -261,6 +261,14 @@ class StageDir:
             self._mirror.pull_tree(self.path)
         return None
 
+    def remove_if_empty(self) -> None:
+        """Remove the directory if nothing is in it (a stage that failed before its first shard)."""
+        try:
+            if self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+        except OSError:  # a concurrent writer got in first, or no permission: leave it
+            pass
+
     def clean(self) -> None:
         """Remove temporaries of crashed writers (never a committed file, nor a live writer's)."""
         if self.path.is_dir():
