@@ -71,7 +71,8 @@ def test_score_adds_advantages_and_counts(tiny_config):
 def test_status_reports_done_missing_and_stale(tiny_config):
     cfg = load_config(tiny_config())
     states = {(s.stage): s.state for s in Pipeline(cfg).status()}
-    assert states == {"generate": "missing", "score": "waiting", "train": "waiting"}
+    # eval is listed too: what `grao-pipe eval` of the last round would read (the trained model)
+    assert states == {"generate": "missing", "score": "waiting", "train": "waiting", "eval": "waiting"}
     run_stage("generate", cfg)
     run_stage("score", cfg)
     states = {s.stage: s.state for s in Pipeline(cfg).status()}

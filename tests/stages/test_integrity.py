@@ -236,6 +236,6 @@ def test_status_and_datasets_list_show_one_corrupt_output_and_go_on(tiny_config)
     (d / "_manifest.json").write_text("{")
     rows = Pipeline(cfg).status()
     assert [(r.stage, r.state) for r in rows[:2]] == [("generate", "corrupt"), ("score", "corrupt")]
-    assert "malformed manifest" in rows[0].detail and len(rows) == 3  # every stage of the round, no exception
+    assert "malformed manifest" in rows[0].detail and len(rows) == 4  # every stage of the round and eval, no exception
     listed = manifests(Pipeline(cfg).workdir)
     assert len(listed) == 1 and isinstance(listed[0][1], DataError)

@@ -30,16 +30,33 @@ def _split(spec: str, key: str) -> tuple[str, str]:
     return module_name, attr
 
 
+def _import_error(module_name: str, key: str, e: Exception) -> ConfigError:
+    """What went wrong importing a scorer's module, and how such a module is found."""
+    if not isinstance(e, ImportError):  # the module's own code raising at import
+        return ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})")
+    missing = getattr(e, "name", None)
+    if missing and module_name != missing and not module_name.startswith(missing + "."):
+        # The module was found; something it imports was not.
+        return ConfigError(f"{key}: module {module_name!r} was found but its own import of {missing!r} failed "
+                           f"({e}); install {missing!r} in this environment")
+    rel = module_name.replace(".", "/")
+    return ConfigError(f"{key}: cannot import module {module_name!r} ({e}). Scorer modules are imported by "
+                       f"name from Python's search path: the file {rel}.py (or package {rel}/) must sit under "
+                       "a directory on PYTHONPATH (e.g. PYTHONPATH=/dir/with/the/module grao-pipe ...; the "
+                       "`grao-pipe` command does not search the current directory) or be installed")
+
+
 def module_file(spec: str, key: str) -> Path | None:
     """The source file of ``module:function``'s module, found without running it (its parent
     packages are imported): what the rewards' cache key hashes. None: not a file (built in)."""
     module_name, _ = _split(spec, key)
     try:
         found = importlib.util.find_spec(module_name)
-    except Exception as e:  # a parent package raising at import is the user's code failing
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a missing parent package, or one raising at import
+        raise _import_error(module_name, key, e) from None
     if found is None:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} (no such module on the Python path)")
+        raise _import_error(module_name, key, ModuleNotFoundError(f"No module named {module_name!r}",
+                                                                  name=module_name))
     origin = Path(found.origin) if found.origin and found.has_location else None
     return origin if origin is not None and origin.is_file() else None
 
@@ -49,19 +66,8 @@ def load_function(spec: str, key: str) -> RewardFn:
     module_name, attr = _split(spec, key)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        missing = getattr(e, "name", None)
-        if missing and module_name != missing and not module_name.startswith(missing + "."):
-            # The module was found; something it imports was not.
-            raise ConfigError(f"{key}: module {module_name!r} was found but its own import of {missing!r} failed "
-                              f"({e}); install {missing!r} in this environment") from None
-        rel = module_name.replace(".", "/")
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({e}). Scorer modules are imported by "
-                          f"name from Python's search path: the file {rel}.py (or package {rel}/) must sit under "
-                          "a directory on PYTHONPATH (e.g. PYTHONPATH=/dir/with/the/module grao-pipe ...; the "
-                          "`grao-pipe` command does not search the current directory) or be installed") from None
-    except Exception as e:  # the module's own code raising at import
-        raise ConfigError(f"{key}: cannot import module {module_name!r} ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise _import_error(module_name, key, e) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"{key}: {module_name!r} has no function {attr!r}")
