@@ -91,12 +91,12 @@ bench: setup
 REPLICATE_POLICY = $$($(BIN)/python experiments/setting.py runs/replicate-models)
 replicate: setup
 	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY)
-	mkdir -p docs/data && cp runs/replicate/work/compare/results.parquet docs/data/replication.parquet
+	mkdir -p docs/data && cp runs/replicate/workdir/compare/results.parquet docs/data/replication.parquet
 	$(BIN)/python experiments/replication_doc.py
 
 # The same code paths (1 test seed, fewer prompts): a smoke run, not evidence
 replicate-quick: setup
-	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY) workdir=runs/replicate-quick/work \
+	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY) workdir=runs/replicate-quick/workdir \
 		"compare.seeds=[0]" data.limit=128 eval.limit=100
 
 # grao-pipe compare on the embedded tiny model: 2 variants x 2 seeds (docs/compare.md)
