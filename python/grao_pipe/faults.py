@@ -2,6 +2,7 @@
 SIGKILLs the process group of the ``grao-pipe`` command at a named point, as a scheduler or the
 OOM killer would. Points: ``train.step:<n>`` (after optimizer step n), ``train.checkpoint:<n>``
 (after checkpoint n is committed), ``generate.import:<i>`` (after an import committed shard i),
+``shard.spliced`` (a score shard's spliced temporary written, not yet renamed),
 ``train.export`` (half-way through writing the export), ``train.exported`` (export done,
 manifest not yet written), ``export.written`` (an export's files written, not yet renamed into
 place). Unset (always, outside tests): nothing happens.

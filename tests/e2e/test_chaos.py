@@ -31,10 +31,16 @@ CONFIG = {
 }
 
 
-def _run(cfg: Path, work: Path, report: Path) -> subprocess.Popen:
+# Named instants a random delay seldom hits: a score shard spliced but not renamed (the Rust
+# splice writes the temporary; the kill lands before the rename).
+KILL_POINTS = ("shard.spliced",)
+
+
+def _run(cfg: Path, work: Path, report: Path, kill_at: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"} | ({"GRAO_PIPE_KILL_AT": kill_at} if kill_at else {})
     return subprocess.Popen([*BIN, "run", "-c", str(cfg), f"workdir={work}", "--report-json", str(report)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
 
 
 def _survivors(marker: str) -> list[str]:
@@ -79,10 +85,12 @@ def test_random_sigkills_then_reruns_end_like_an_uninterrupted_run(tmp_path):
     duration = time.monotonic() - t0
 
     rng = random.Random(SEED)
-    kills = runs = 0
+    kills = runs = named = 0
     while kills < KILLS:
         runs += 1
-        proc = _run(cfg, chaotic, tmp_path / "chaotic.json")
+        # Every fourth run dies at a named point instead (the next runs, without it, move on).
+        kill_at = KILL_POINTS[runs // 4 % len(KILL_POINTS)] if runs % 4 == 2 else None
+        proc = _run(cfg, chaotic, tmp_path / "chaotic.json", kill_at)
         # Short, random lives: every phase gets hit, and each re-run still makes progress.
         delay = rng.uniform(0.5, max(1.0, duration / 4))
         try:
@@ -92,11 +100,16 @@ def test_random_sigkills_then_reruns_end_like_an_uninterrupted_run(tmp_path):
             proc.wait()
             kills += 1
             continue
+        if rc == -signal.SIGKILL and kill_at:  # died at its named point
+            kills += 1
+            named += 1
+            continue
         assert rc == 0, f"run {runs} (after {kills} kills) failed: {proc.stderr.read() if proc.stderr else ''}"
         # It finished before its kill: start over in a fresh workdir so all kills land mid-work.
         os.rename(chaotic, tmp_path / f"finished-{runs}")
     time.sleep(0.5)
     assert _survivors(str(chaotic)) == [], "a process of a killed run is still alive"
+    assert named > 0 or KILLS < 4, "no run died at a named point"
 
     final = _run(cfg, chaotic, tmp_path / "chaotic.json")
     assert final.wait(timeout=600) == 0, final.stderr.read() if final.stderr else ""

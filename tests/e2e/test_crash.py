@@ -140,3 +140,22 @@ def test_a_planted_checkpoint_is_never_loaded(scored, tmp_path):
     assert not marker.exists()
     assert "ignoring checkpoint" in (train_dir / "train.log").read_text()
     assert _losses(train_dir) == pytest.approx(losses, abs=1e-6)  # trained from scratch, as if absent
+
+
+def test_a_kill_after_a_splice_leaves_nothing_half_written_and_the_rerun_writes_the_same_shards(scored, tmp_path):
+    """score killed when a spliced shard's temporary is written but not renamed (issue #20's
+    kills during the splice): no shard or manifest appears, and a plain re-run writes shards
+    byte-identical to an uninterrupted run's."""
+    cfg, work, _, _ = scored
+    shutil.copytree(work, tmp_path / "work")
+    (score_dir,) = (tmp_path / "work" / "score").glob("*/")
+    straight = {p.name: p.read_bytes() for p in score_dir.glob("shard-*.parquet")}
+    shutil.rmtree(score_dir)
+    workdir = f"workdir={tmp_path / 'work'}"
+    proc = _start(["score", "-c", str(cfg), workdir], GRAO_PIPE_KILL_AT="shard.spliced")
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    assert not list(score_dir.glob("shard-*.parquet")) and not (score_dir / "_manifest.json").exists()
+    again = cli("score", "-c", str(cfg), workdir)
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.read_bytes() for p in score_dir.glob("shard-*.parquet")} == straight
+    assert not [p for p in score_dir.iterdir() if p.name.startswith(".tmp")]

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grao_pipe.errors import FULL_ERRNOS, DataError, storage_full
+from grao_pipe.faults import kill_point
 from grao_pipe.schemas import (
     META_STAGE,
     META_VERSION,
@@ -108,6 +109,7 @@ def write_shard(path: Path, table: pa.Table, stage: str, meta: Mapping[bytes, by
     if base is not None:
         with _committing(path) as tmp:
             sha = _splice(base, table, full, tmp, durable)
+            kill_point("shard.spliced")  # the spliced temporary written whole, not yet renamed
         return {"name": path.name, "rows": base.num_rows, "sha256": sha}
     table = table.select(full.names).cast(full)
     sink = pa.BufferOutputStream()
