@@ -52,6 +52,16 @@ class StorageFull(GraoError):
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def full_errno(e: BaseException) -> int | None:
+    """The errno of a full disk behind ``e``: an OSError's own, its cause's or context's (e.g.
+    safetensors wraps the OSError in its own error type), or ENOSPC when only the message says
+    so (a Rust library's "No space left on device"). None for any other failure."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
+            return err.errno
+    return errno.ENOSPC if "No space left on device" in str(e) else None
+
+
 def storage_full(e: OSError, what: str) -> StorageFull:
     reason = os.strerror(e.errno) if e.errno else str(e)
     return StorageFull(f"{what}: cannot write ({reason}); free space and re-run the stage, "

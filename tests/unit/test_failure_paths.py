@@ -60,3 +60,20 @@ def test_a_full_disk_while_building_the_tiny_model_is_74_and_leaves_no_temporary
         build_tiny_model(TinyModelConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1), ["1+1=2"], tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_behind_another_error_type_is_recognised():
+    """safetensors' export reports a full disk as its own error (wrapping the OSError, or only in
+    its message): the learner records ENOSPC, so the train stage ends 74, not 6 'retry'."""
+    from grao_pipe.errors import full_errno
+
+    class SafetensorError(Exception):
+        pass
+
+    wrapped = SafetensorError("write failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    rust = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                           'message: "No space left on device" })')
+    assert full_errno(wrapped) == full_errno(rust) == errno.ENOSPC
+    assert full_errno(SafetensorError("header too large")) is None
+    assert full_errno(OSError(errno.EACCES, "Permission denied")) is None

@@ -18,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from grao_pipe.errors import full_errno
 from grao_pipe.learner.records import RankError
 from grao_pipe.learner.spec import LearnerSpec
 
@@ -34,7 +35,7 @@ def die_with_parent() -> None:
 
 def _record_failure(spec: LearnerSpec, e: BaseException) -> None:
     RankError(rank=int(os.environ.get("RANK", 0)), type=type(e).__name__, message=str(e),
-              errno=e.errno if isinstance(e, OSError) else None,
+              errno=full_errno(e) or (e.errno if isinstance(e, OSError) else None),
               traceback="".join(traceback.format_exception(e))).write(spec.errors_dir)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from grao_pipe.config import TinyModelConfig
-from grao_pipe.errors import FULL_ERRNOS, StorageFull
+from grao_pipe.errors import StorageFull, full_errno
 from grao_pipe.hashing import digest
 from grao_pipe.schemas import tmp_name
 from grao_pipe.storage.shards import clean_temporaries
@@ -84,8 +84,7 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: list[str], cache_root: Path) 
         tokenizer.save_pretrained(tmp)
     except Exception as e:  # a full disk surfaces as safetensors' own error, not an OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        err = e if isinstance(e, OSError) else e.__cause__ or e.__context__
-        if (isinstance(err, OSError) and err.errno in FULL_ERRNOS) or "No space left" in str(e):
+        if full_errno(e) is not None:
             raise StorageFull(f"{out}: cannot write the tiny model ({e}); free space and re-run") from None
         raise
     try:
