@@ -21,6 +21,11 @@ from grao_pipe.faults import kill_point
 from grao_pipe.hashing import digest
 from grao_pipe.learner.records import RankError, read_metrics
 from grao_pipe.learner.spec import LearnerSpec
+
+# In torchrun's process, before exec: it (and, through the worker's own signal, the learners)
+# die when this grao-pipe process does. Imported here, not in the forked child: a child that
+# imports code can find it changed on disk since this process started (an upgrade mid-run).
+from grao_pipe.learner.worker import die_with_parent
 from grao_pipe.manifests import LoadStats, ShardEntry, TrainManifest, TrainStats
 from grao_pipe.sections import keyed
 from grao_pipe.stages.base import Edge, Outcome, Part, Stage, Target, Timer, Upstream
@@ -56,13 +61,6 @@ def torchrun_command(cfg: TrainConfig, spec_path: Path, run_id: str) -> list[str
                 f"--rdzv-endpoint={cfg.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     return [*cmd, f"--nproc-per-node={cfg.nproc}", "-m", "grao_pipe.learner.worker", str(spec_path)]
 
-
-def _die_with_parent() -> None:
-    """In torchrun's process, before exec: it (and, through the worker's own signal, the
-    learners) die when this grao-pipe process does."""
-    from grao_pipe.learner.worker import die_with_parent
-
-    die_with_parent()
 
 
 def _root_cause(spec: LearnerSpec, log_path: Path) -> str:
@@ -220,7 +218,7 @@ class Train(Stage):
                "PYTHONUNBUFFERED": "1"}
         with open(log_path, "w") as log:
             proc = subprocess.Popen(torchrun_command(cfg, spec_path, target.key[:16]), stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
             try:  # the learner prints one progress line per step into the log: this stage's progress
                 progress.follow(log_path, proc, progress.task("train", unit="steps"))
             except BaseException:  # Ctrl-C, SIGTERM: the learners stop with this process
