@@ -91,8 +91,11 @@ def test_random_sigkills_then_reruns_end_like_an_uninterrupted_run(tmp_path):
         # Every fourth run dies at a named point instead (the next runs, without it, move on).
         kill_at = KILL_POINTS[runs // 4 % len(KILL_POINTS)] if runs % 4 == 2 else None
         proc = _run(cfg, chaotic, tmp_path / "chaotic.json", kill_at)
-        # Short, random lives: every phase gets hit, and each re-run still makes progress.
+        # Short, random lives: every phase gets hit, and each re-run still makes progress. A
+        # run with a named point lives until it reaches it (or finishes).
         delay = rng.uniform(0.5, max(1.0, duration / 4))
+        if kill_at:
+            delay = 600
         try:
             rc = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
