@@ -15,7 +15,7 @@ NATIVE := $(VENV)/.native-stamp
 TEST_WORKERS ?= 2
 RUST_SRC := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 2>/dev/null)
 
-.PHONY: setup demo demo-real test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick compare-demo lock clean
+.PHONY: setup demo demo-real test test-airflow test-lowest chaos lint fmt bench replicate replicate-quick replicate-real replicate-real-quick compare-demo lock clean
 
 setup: $(NATIVE)
 
@@ -98,6 +98,20 @@ replicate: setup
 replicate-quick: setup
 	$(BIN)/grao-pipe compare -c experiments/sums.yaml model.path=$(REPLICATE_POLICY) workdir=runs/replicate-quick/workdir \
 		"compare.seeds=[0]" data.limit=128 eval.limit=100
+
+# The replication on a real pretrained chat model (docs/replication-real.md): SmolLM2-135M-Instruct
+# on the geo task, 7 methods x 5 seeds on 302 held-out prompts (about 80 minutes on 2 cores;
+# a stopped run resumes from its cache). The per-prompt results are committed and the doc's
+# generated block re-rendered from them (tests/unit/test_replication_doc.py checks they agree).
+replicate-real: setup
+	$(BIN)/grao-pipe compare -c experiments/smollm2.yaml
+	mkdir -p docs/data && cp runs/replicate-real/workdir/compare/results.parquet docs/data/replication-real.parquet
+	$(BIN)/python experiments/replication_doc.py real
+
+# The same code paths (1 test seed, 16 training and 40 test prompts): a smoke run, not evidence
+replicate-real-quick: setup
+	$(BIN)/grao-pipe compare -c experiments/smollm2.yaml workdir=runs/replicate-real-quick/workdir \
+		"compare.seeds=[0]" data.limit=16 eval.limit=40
 
 # grao-pipe compare on the embedded tiny model: 2 variants x 2 seeds (docs/compare.md)
 compare-demo: setup

@@ -20,6 +20,7 @@ from grao_pipe import metrics, progress, scoring
 from grao_pipe.errors import DataError
 from grao_pipe.generation import make_sampler, prepare_requests
 from grao_pipe.generation.tokenizer import PolicyTokenizer
+from grao_pipe.hashing import digest
 from grao_pipe.manifests import EvalManifest, EvalStats
 from grao_pipe.prompts import group_id, load_prompt_set
 from grao_pipe.scoring.base import ScoreInput
@@ -108,6 +109,31 @@ class Eval(Stage):
         task.advance(len(prompts) - len(requests))  # skipped as too long
         return requests, texts
 
+    def _base_answers(self, p: Pipeline, base: Policy, prompts: list[Prompt], task: progress.Task) -> list[str]:
+        """The base model's answers, cached by content: every eval of one base model on the same
+        prompts with the same sampling (a compare's variants of one seed) reuses one set, which
+        halves the eval time of a compare. A cache file that does not verify is recomputed."""
+        ec = p.cfg.eval
+        key = digest({"model": base.digest, "trust_remote_code": p.cfg.model.trust_remote_code,
+                      "prompts": [[q.text, q.messages] for q in prompts], "sampling": keyed(p.cfg.generate),
+                      "eval": {k: getattr(ec, k) for k in ("temperature", "max_new_tokens", "batch_size", "seed")}})
+        cache = p.workdir.cache_dir("eval-base-answers", key[:16])
+        path = cache.local_path("answers.json")
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+                texts = saved["texts"]
+                if saved["key"] == key and saved["sha256"] == digest(texts) and len(texts) <= len(prompts):
+                    task.advance(len(prompts))
+                    return list(texts)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            print(f"eval: {path} does not verify; answering again", file=sys.stderr)
+        _, texts = self._answers(p, base, prompts, task)
+        cache.write_file("answers.json", json.dumps({"key": key, "sha256": digest(texts), "texts": texts}).encode(),
+                         publish=True)
+        return texts
+
     def execute(self, p: Pipeline, target: Target, part: Part) -> Outcome:
         ec = p.cfg.eval
         timer = Timer()
@@ -121,7 +147,7 @@ class Eval(Stage):
         scorer = scoring.build(scorer_cfg, p.scorer_files(scorer_cfg))
         task = progress.task("eval", total=2 * len(prompts), unit="answers")
         requests, post_texts = self._answers(p, post, prompts, task)
-        _, pre_texts = self._answers(p, base, prompts, task)
+        pre_texts = self._base_answers(p, base, prompts, task)
         task.finish()
         texts = [r.text for r in requests]
         refs = [r.prompt.reference for r in requests]
