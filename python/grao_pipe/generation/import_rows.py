@@ -1,11 +1,12 @@
-"""Pass 3 of an import: one shard's spilled completions -> a generate shard (data contract v2).
+"""Tokenizing an import's completions (pass 2, per chunk) and building its shards (pass 3).
 
-Responses are tokenized with the policy's tokenizer (one batch encode per shard; ``stop``
-completions end with EOS, as the openai backend writes them). A completion's log-probs are kept
-when the file's tokens are the policy's tokens: vLLM's ``token_id:N`` form compares ids; token
-strings compare their text and boundaries with the tokenizer's offsets; bare float lists compare
-lengths. Anything else (another tokenizer, a stop without the EOS token's log-prob) is null and
-counted as ``unaligned``.
+Responses are tokenized with the policy's tokenizer (one batch encode per chunk, while the
+importer parses the next chunk; ``stop`` completions end with EOS, as the openai backend writes
+them). A completion's log-probs are kept when the file's tokens are the policy's tokens: vLLM's
+``token_id:N`` form compares ids; token strings compare their text and boundaries with the
+tokenizer's offsets; bare float lists compare lengths. Anything else (another tokenizer, a stop
+without the EOS token's log-prob) is null and counted as ``unaligned``. The spill then holds the
+ids and the kept float32 log-probs, not the file's token strings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from grao_pipe.prompts import Prompt, group_id
 from grao_pipe.schemas import GENERATE_SCHEMA
 
 _ID_PREFIX = "token_id:"
+# A spilled completion's log-probs (``lp_state``): kept, absent from the file, or not the policy's tokens.
+KEPT, ABSENT, UNALIGNED = 0, 1, 2
 
 
 @dataclass
@@ -50,11 +53,11 @@ def _ends(enc: Any) -> list[int]:
     return [e for _, e in offs]
 
 
-def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.Array:
+def align(tok: PolicyTokenizer, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     """Per completion of ``df`` (``response``, ``ids``: the policy's tokens with EOS after a stop,
-    ``stop``, ``lp_tokens``, ``lp_values``), the file's log-probs if they belong to ``ids``, else
-    null. Token-id and bare-float forms are compared in Polars; token strings (which need the
-    tokenizer's offsets) one by one."""
+    ``stop``, ``lp_tokens``, ``lp_values``): the file's log-probs as float32 if they belong to
+    ``ids``, else null; and its ``lp_state``. Token-id and bare-float forms are compared in Polars;
+    token strings (which need the tokenizer's offsets) one by one."""
     toks, vals, ids = pl.col("lp_tokens"), pl.col("lp_values"), pl.col("ids")
     has = vals.is_not_null() & ~vals.list.eval(pl.element().is_null()).list.any()
     id_form = toks.is_not_null() & (toks.list.len() > 0) & toks.list.eval(
@@ -84,12 +87,20 @@ def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.A
                 pos += len(piece or "")
                 ends.append(pos)
             ok[i] = "".join(piece or "" for piece in body) == text and ends == _ends(enc)
-    absent = int(flags["absent"].sum())
-    counts.absent += absent
-    counts.kept += int(ok.sum())
-    counts.unaligned += df.height - absent - int(ok.sum())
+    state = np.where(ok, KEPT, np.where(flags["absent"].to_numpy(), ABSENT, UNALIGNED)).astype(np.int8)
     kept = df.select(lp=pl.when(pl.Series(ok)).then(vals.cast(pl.List(pl.Float32))))["lp"]
-    return kept.to_arrow()
+    return kept, pl.Series("lp_state", state)
+
+
+def tokenize_completions(tok: PolicyTokenizer, df: pl.DataFrame) -> pl.DataFrame:
+    """A chunk's completions as spilled: ``lp_tokens``/``lp_values`` replaced by the response's
+    token ids (``ids``), its aligned log-probs (``lp``) and ``lp_state``."""
+    stop = df["finish_reason"] == "stop"
+    ids = with_eos(pa.array(encode_batch(tok, df["response"].to_list()), pa.list_(pa.int32())), stop.to_numpy(),
+                   tok.eos_id)
+    ids_s = pl.Series("ids", ids)
+    lp, state = align(tok, df.with_columns(ids=ids_s, stop=stop))
+    return df.drop("lp_tokens", "lp_values").with_columns(ids=ids_s, lp=lp, lp_state=state)
 
 
 def with_eos(lists: pa.ListArray, stop: np.ndarray, eos: int) -> pa.ListArray:
@@ -116,7 +127,8 @@ def shard_stats(table: pa.Table) -> dict[str, int]:
 def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, digest16: str
                 ) -> tuple[pa.Table, LogprobCounts, set[str]]:
     """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
-    only): rows ordered by prompt, then request/row order, then choice."""
+    only, tokenized by ``tokenize_completions``): rows ordered by prompt, then request/row order,
+    then choice."""
     df = df.sort(["prompt_idx", "order", "choice"]).with_columns(
         sample_idx=pl.int_range(pl.len()).over("prompt_idx").cast(pl.Int32))
     pidx = df["prompt_idx"].unique(maintain_order=True).to_list()
@@ -144,18 +156,16 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     })
     take = pa.array([pos[i] for i in df["prompt_idx"].to_list()], pa.int64())
     prompt_cols = per_prompt.take(take)
-    texts = df["response"].to_list()
-    stops = (df["finish_reason"] == "stop").to_list()
-    ids = with_eos(pa.array(encode_batch(tok, texts), pa.list_(pa.int32())), np.array(stops, bool), tok.eos_id)
-    counts = LogprobCounts()
-    lps = align(tok, df.with_columns(ids=pl.Series("ids", ids), stop=pl.Series(stops)), counts)
+    state = df["lp_state"].to_numpy()
+    counts = LogprobCounts(kept=int((state == KEPT).sum()), absent=int((state == ABSENT).sum()),
+                           unaligned=int((state == UNALIGNED).sum()))
     models = df["model"].fill_null("unknown")
     cols: dict[str, Any] = {name: prompt_cols[name] for name in per_prompt.column_names}
     cols |= {
         "sample_idx": df["sample_idx"].to_arrow(),
-        "response": pa.array(texts, pa.string()),
-        "response_token_ids": ids,
-        "behaviour_logprobs": lps,
+        "response": df["response"].to_arrow(),
+        "response_token_ids": df["ids"].to_arrow(),
+        "behaviour_logprobs": df["lp"].to_arrow(),
         "finish_reason": df["finish_reason"].to_arrow(),
         "temperature": df["temperature"].to_arrow(), "top_p": df["top_p"].to_arrow(),
         "max_new_tokens": df["max_new_tokens"].to_arrow(), "seed": df["seed"].to_arrow(),

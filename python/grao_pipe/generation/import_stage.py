@@ -9,6 +9,7 @@ manifest's stats carry the import's provenance (``GenerateStats.imported``), whi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from grao_pipe.config import GenerateConfig
 from grao_pipe.faults import kill_point
-from grao_pipe.generation.import_rows import build_table, shard_stats
+from grao_pipe.generation.import_rows import build_table, shard_stats, tokenize_completions
 from grao_pipe.generation.importer import (
     Spill,
     finish_quarantine,
@@ -55,7 +56,7 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
     todo = {i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")}
     policy = p.policy(target.round)
     tok = PolicyTokenizer(policy.local_dir(), p.cfg.model.trust_remote_code)
-    spill = Spill(target.dir.path, per, todo)
+    spill = Spill(target.dir.path, per, todo, functools.partial(tokenize_completions, tok))
     try:
         sc = scan(p, gc, tok, spill)
         dropped = finish_quarantine(sc, min_group(p), p.cfg.data.max_quarantine_share, prompts,
