@@ -124,16 +124,10 @@ def shard_stats(table: pa.Table) -> dict[str, int]:
             "prompts_skipped_overlong": 0, "prompts_truncated": 0}
 
 
-def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, digest16: str
-                ) -> tuple[pa.Table, LogprobCounts, set[str]]:
-    """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
-    only, tokenized by ``tokenize_completions``): rows ordered by prompt, then request/row order,
-    then choice."""
-    df = df.sort(["prompt_idx", "order", "choice"]).with_columns(
-        sample_idx=pl.int_range(pl.len()).over("prompt_idx").cast(pl.Int32))
-    pidx = df["prompt_idx"].unique(maintain_order=True).to_list()
-    pos = {p: k for k, p in enumerate(pidx)}
-    group = [prompts[i] for i in pidx]
+def prompt_table(prompts: list[Prompt], lo: int, hi: int, tok: PolicyTokenizer) -> pa.Table:
+    """The prompt columns of a generate shard for prompts ``[lo, hi)``, one row each, rendered
+    and tokenized (what every row of a group repeats)."""
+    group = prompts[lo:hi]
     rendered = [tok.render(p) for p in group]
     refs = [p.reference for p in group]
     rej = [(k, p.rejected) for k, p in enumerate(group) if p.rejected is not None]
@@ -142,20 +136,28 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     rej_ids: list[list[int] | None] = [None] * n
     for (k, _), ids in zip(rej, enc[2 * n :], strict=True):
         rej_ids[k] = [*ids, tok.eos_id]
-    per_prompt = pa.table({
-        "group_id": pa.array([group_id(t, r) for t, r in zip(rendered, refs, strict=True)]),
-        "prompt_idx": pa.array(pidx, pa.int64()),
-        "prompt": pa.array(rendered),
+    return pa.table({
+        "group_id": pa.array([group_id(t, r) for t, r in zip(rendered, refs, strict=True)], pa.string()),
+        "prompt_idx": pa.array(range(lo, lo + n), pa.int64()),
+        "prompt": pa.array(rendered, pa.string()),
         "prompt_messages": pa.array([[{"role": r, "content": c} for r, c in p.messages] if p.messages else None
                                      for p in group], GENERATE_SCHEMA.field("prompt_messages").type),
-        "reference": pa.array(refs),
+        "reference": pa.array(refs, pa.string()),
         "reference_rejected": pa.array([p.rejected for p in group], pa.string()),
         "reference_rejected_token_ids": pa.array(rej_ids, pa.list_(pa.int32())),
         "prompt_token_ids": pa.array(enc[:n], pa.list_(pa.int32())),
         "reference_token_ids": pa.array([[*ids, tok.eos_id] for ids in enc[n : 2 * n]], pa.list_(pa.int32())),
     })
-    take = pa.array([pos[i] for i in df["prompt_idx"].to_list()], pa.int64())
-    prompt_cols = per_prompt.take(take)
+
+
+def build_table(df: pl.DataFrame, per_prompt: pa.Table, digest16: str) -> tuple[pa.Table, LogprobCounts, set[str]]:
+    """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
+    only, tokenized by ``tokenize_completions``; ``per_prompt``: ``prompt_table`` of a range
+    holding them): rows ordered by prompt, then request/row order, then choice."""
+    df = df.sort(["prompt_idx", "order", "choice"]).with_columns(
+        sample_idx=pl.int_range(pl.len()).over("prompt_idx").cast(pl.Int32))
+    lo = per_prompt["prompt_idx"][0].as_py() if per_prompt.num_rows else 0
+    prompt_cols = per_prompt.take((df["prompt_idx"] - lo).to_arrow())
     state = df["lp_state"].to_numpy()
     counts = LogprobCounts(kept=int((state == KEPT).sum()), absent=int((state == ABSENT).sum()),
                            unaligned=int((state == UNALIGNED).sum()))
