@@ -6,7 +6,7 @@ row, TRL's prompt-completion layout, standard or conversational). The files are 
 of about ``CHUNK_BYTES`` and parsed by Polars, never line by line in Python (a chunk holding a
 line that is not JSON is re-read line by line, to quarantine just that line).
 
-Three passes, each bounded by one chunk or one shard in memory:
+Three passes, each bounded by two chunks or one shard in memory:
 
 1. requests (openai-batch): each request is matched to a prompt of ``data.prompts`` (by
    ``custom_id`` when the prompt set has ids, else by its dialogue): a small index
@@ -17,8 +17,8 @@ Three passes, each bounded by one chunk or one shard in memory:
    whatever the order of the lines; failed, unmatched, duplicate and missing results are
    quarantined with their reason. A worker thread tokenizes and spills chunk ``k`` while the
    next chunk is parsed (both release the GIL), so two chunks are in memory at most;
-3. per shard not yet committed: its spill is grouped per prompt, its prompts tokenized, and it
-   is written like any generate shard.
+3. per shard not yet committed: its spill is grouped per prompt, joined with its prompts'
+   columns (tokenized on another thread during passes 1-2), and written like any generate shard.
 
 Every run makes all three decisions again from the files (cheap next to tokenizing), so a run
 resumed after a crash writes exactly the shards an uninterrupted run would have.
