@@ -1,11 +1,12 @@
-"""Pass 3 of an import: one shard's spilled completions -> a generate shard (data contract v2).
+"""Tokenizing an import's completions (pass 2, per chunk) and building its shards (pass 3).
 
-Responses are tokenized with the policy's tokenizer (one batch encode per shard; ``stop``
-completions end with EOS, as the openai backend writes them). A completion's log-probs are kept
-when the file's tokens are the policy's tokens: vLLM's ``token_id:N`` form compares ids; token
-strings compare their text and boundaries with the tokenizer's offsets; bare float lists compare
-lengths. Anything else (another tokenizer, a stop without the EOS token's log-prob) is null and
-counted as ``unaligned``.
+Responses are tokenized with the policy's tokenizer (one batch encode per chunk, while the
+importer parses the next chunk; ``stop`` completions end with EOS, as the openai backend writes
+them). A completion's log-probs are kept when the file's tokens are the policy's tokens: vLLM's
+``token_id:N`` form compares ids; token strings compare their text and boundaries with the
+tokenizer's offsets; bare float lists compare lengths. Anything else (another tokenizer, a stop
+without the EOS token's log-prob) is null and counted as ``unaligned``. The spill then holds the
+ids and the kept float32 log-probs, not the file's token strings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from grao_pipe.prompts import Prompt, group_id
 from grao_pipe.schemas import GENERATE_SCHEMA
 
 _ID_PREFIX = "token_id:"
+# A spilled completion's log-probs (``lp_state``): kept, absent from the file, or not the policy's tokens.
+KEPT, ABSENT, UNALIGNED = 0, 1, 2
 
 
 @dataclass
@@ -50,11 +53,11 @@ def _ends(enc: Any) -> list[int]:
     return [e for _, e in offs]
 
 
-def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.Array:
+def align(tok: PolicyTokenizer, df: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     """Per completion of ``df`` (``response``, ``ids``: the policy's tokens with EOS after a stop,
-    ``stop``, ``lp_tokens``, ``lp_values``), the file's log-probs if they belong to ``ids``, else
-    null. Token-id and bare-float forms are compared in Polars; token strings (which need the
-    tokenizer's offsets) one by one."""
+    ``stop``, ``lp_tokens``, ``lp_values``): the file's log-probs as float32 if they belong to
+    ``ids``, else null; and its ``lp_state``. Token-id and bare-float forms are compared in Polars;
+    token strings (which need the tokenizer's offsets) one by one."""
     toks, vals, ids = pl.col("lp_tokens"), pl.col("lp_values"), pl.col("ids")
     has = vals.is_not_null() & ~vals.list.eval(pl.element().is_null()).list.any()
     id_form = toks.is_not_null() & (toks.list.len() > 0) & toks.list.eval(
@@ -84,12 +87,20 @@ def align(tok: PolicyTokenizer, df: pl.DataFrame, counts: LogprobCounts) -> pa.A
                 pos += len(piece or "")
                 ends.append(pos)
             ok[i] = "".join(piece or "" for piece in body) == text and ends == _ends(enc)
-    absent = int(flags["absent"].sum())
-    counts.absent += absent
-    counts.kept += int(ok.sum())
-    counts.unaligned += df.height - absent - int(ok.sum())
+    state = np.where(ok, KEPT, np.where(flags["absent"].to_numpy(), ABSENT, UNALIGNED)).astype(np.int8)
     kept = df.select(lp=pl.when(pl.Series(ok)).then(vals.cast(pl.List(pl.Float32))))["lp"]
-    return kept.to_arrow()
+    return kept, pl.Series("lp_state", state)
+
+
+def tokenize_completions(tok: PolicyTokenizer, df: pl.DataFrame) -> pl.DataFrame:
+    """A chunk's completions as spilled: ``lp_tokens``/``lp_values`` replaced by the response's
+    token ids (``ids``), its aligned log-probs (``lp``) and ``lp_state``."""
+    stop = df["finish_reason"] == "stop"
+    ids = with_eos(pa.array(encode_batch(tok, df["response"].to_list()), pa.list_(pa.int32())), stop.to_numpy(),
+                   tok.eos_id)
+    ids_s = pl.Series("ids", ids)
+    lp, state = align(tok, df.with_columns(ids=ids_s, stop=stop))
+    return df.drop("lp_tokens", "lp_values").with_columns(ids=ids_s, lp=lp, lp_state=state)
 
 
 def with_eos(lists: pa.ListArray, stop: np.ndarray, eos: int) -> pa.ListArray:
@@ -113,15 +124,10 @@ def shard_stats(table: pa.Table) -> dict[str, int]:
             "prompts_skipped_overlong": 0, "prompts_truncated": 0}
 
 
-def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, digest16: str
-                ) -> tuple[pa.Table, LogprobCounts, set[str]]:
-    """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
-    only): rows ordered by prompt, then request/row order, then choice."""
-    df = df.sort(["prompt_idx", "order", "choice"]).with_columns(
-        sample_idx=pl.int_range(pl.len()).over("prompt_idx").cast(pl.Int32))
-    pidx = df["prompt_idx"].unique(maintain_order=True).to_list()
-    pos = {p: k for k, p in enumerate(pidx)}
-    group = [prompts[i] for i in pidx]
+def prompt_table(prompts: list[Prompt], lo: int, hi: int, tok: PolicyTokenizer) -> pa.Table:
+    """The prompt columns of a generate shard for prompts ``[lo, hi)``, one row each, rendered
+    and tokenized (what every row of a group repeats)."""
+    group = prompts[lo:hi]
     rendered = [tok.render(p) for p in group]
     refs = [p.reference for p in group]
     rej = [(k, p.rejected) for k, p in enumerate(group) if p.rejected is not None]
@@ -130,32 +136,38 @@ def build_table(df: pl.DataFrame, prompts: list[Prompt], tok: PolicyTokenizer, d
     rej_ids: list[list[int] | None] = [None] * n
     for (k, _), ids in zip(rej, enc[2 * n :], strict=True):
         rej_ids[k] = [*ids, tok.eos_id]
-    per_prompt = pa.table({
-        "group_id": pa.array([group_id(t, r) for t, r in zip(rendered, refs, strict=True)]),
-        "prompt_idx": pa.array(pidx, pa.int64()),
-        "prompt": pa.array(rendered),
+    return pa.table({
+        "group_id": pa.array([group_id(t, r) for t, r in zip(rendered, refs, strict=True)], pa.string()),
+        "prompt_idx": pa.array(range(lo, lo + n), pa.int64()),
+        "prompt": pa.array(rendered, pa.string()),
         "prompt_messages": pa.array([[{"role": r, "content": c} for r, c in p.messages] if p.messages else None
                                      for p in group], GENERATE_SCHEMA.field("prompt_messages").type),
-        "reference": pa.array(refs),
+        "reference": pa.array(refs, pa.string()),
         "reference_rejected": pa.array([p.rejected for p in group], pa.string()),
         "reference_rejected_token_ids": pa.array(rej_ids, pa.list_(pa.int32())),
         "prompt_token_ids": pa.array(enc[:n], pa.list_(pa.int32())),
         "reference_token_ids": pa.array([[*ids, tok.eos_id] for ids in enc[n : 2 * n]], pa.list_(pa.int32())),
     })
-    take = pa.array([pos[i] for i in df["prompt_idx"].to_list()], pa.int64())
-    prompt_cols = per_prompt.take(take)
-    texts = df["response"].to_list()
-    stops = (df["finish_reason"] == "stop").to_list()
-    ids = with_eos(pa.array(encode_batch(tok, texts), pa.list_(pa.int32())), np.array(stops, bool), tok.eos_id)
-    counts = LogprobCounts()
-    lps = align(tok, df.with_columns(ids=pl.Series("ids", ids), stop=pl.Series(stops)), counts)
+
+
+def build_table(df: pl.DataFrame, per_prompt: pa.Table, digest16: str) -> tuple[pa.Table, LogprobCounts, set[str]]:
+    """The generate shard of ``df`` (spilled completions of this shard's prompts, usable groups
+    only, tokenized by ``tokenize_completions``; ``per_prompt``: ``prompt_table`` of a range
+    holding them): rows ordered by prompt, then request/row order, then choice."""
+    df = df.sort(["prompt_idx", "order", "choice"]).with_columns(
+        sample_idx=pl.int_range(pl.len()).over("prompt_idx").cast(pl.Int32))
+    lo = per_prompt["prompt_idx"][0].as_py() if per_prompt.num_rows else 0
+    prompt_cols = per_prompt.take((df["prompt_idx"] - lo).to_arrow())
+    state = df["lp_state"].to_numpy()
+    counts = LogprobCounts(kept=int((state == KEPT).sum()), absent=int((state == ABSENT).sum()),
+                           unaligned=int((state == UNALIGNED).sum()))
     models = df["model"].fill_null("unknown")
     cols: dict[str, Any] = {name: prompt_cols[name] for name in per_prompt.column_names}
     cols |= {
         "sample_idx": df["sample_idx"].to_arrow(),
-        "response": pa.array(texts, pa.string()),
-        "response_token_ids": ids,
-        "behaviour_logprobs": lps,
+        "response": df["response"].to_arrow(),
+        "response_token_ids": df["ids"].to_arrow(),
+        "behaviour_logprobs": df["lp"].to_arrow(),
         "finish_reason": df["finish_reason"].to_arrow(),
         "temperature": df["temperature"].to_arrow(), "top_p": df["top_p"].to_arrow(),
         "max_new_tokens": df["max_new_tokens"].to_arrow(), "seed": df["seed"].to_arrow(),

@@ -9,17 +9,26 @@ manifest's stats carry the import's provenance (``GenerateStats.imported``), whi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from grao_pipe.config import GenerateConfig
 from grao_pipe.faults import kill_point
-from grao_pipe.generation.import_rows import build_table, shard_stats
+from grao_pipe.generation.import_rows import (
+    build_table,
+    prompt_table,
+    shard_stats,
+    tokenize_completions,
+)
 from grao_pipe.generation.importer import (
     Spill,
     finish_quarantine,
@@ -43,6 +52,11 @@ def _files_digest(target: Target) -> str:
     return hashlib.sha256(json.dumps(imp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _prompt_file(path: Path, prompts: list[Any], lo: int, hi: int, tok: PolicyTokenizer) -> Path:
+    feather.write_feather(prompt_table(prompts, lo, hi, tok), str(path), compression="uncompressed")
+    return path
+
+
 def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) -> Outcome:
     ic = gc.import_
     assert ic is not None
@@ -55,8 +69,13 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
     todo = {i for i in range(n_shards) if i % n_parts == k and not target.dir.is_committed(names[i], "generate")}
     policy = p.policy(target.round)
     tok = PolicyTokenizer(policy.local_dir(), p.cfg.model.trust_remote_code)
-    spill = Spill(target.dir.path, per, todo)
+    spill = Spill(target.dir.path, per, todo, functools.partial(tokenize_completions, tok))
+    # The shards' prompt columns are tokenized on another thread during passes 1-2 (which leave
+    # a core idle while the spill worker tokenizes responses), to disk: memory stays one shard.
+    prep = ThreadPoolExecutor(1, thread_name_prefix="import-prompts")
     try:
+        prompt_files = {i: prep.submit(_prompt_file, spill.dir / f"prompts-{i:05d}.arrow", prompts, i * per,
+                                       min((i + 1) * per, len(prompts)), tok) for i in sorted(todo)}
         sc = scan(p, gc, tok, spill)
         dropped = finish_quarantine(sc, min_group(p), p.cfg.data.max_quarantine_share, prompts,
                                     str(p.input(ic.results)))
@@ -69,7 +88,8 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
                 table = GENERATE_SCHEMA.empty_table()
                 meta: dict[str, Any] = {"kept": 0, "absent": 0, "unaligned": 0, "models": []}
             else:
-                table, counts, models = build_table(df, prompts, tok, _files_digest(target))
+                per_prompt = feather.read_table(prompt_files[i].result(), memory_map=False)
+                table, counts, models = build_table(df, per_prompt, _files_digest(target))
                 if ic.recompute_logprobs:
                     if ref is None:
                         from grao_pipe.reference_model import ReferenceModel
@@ -84,6 +104,7 @@ def execute_import(p: Pipeline, gc: GenerateConfig, target: Target, part: Part) 
                                                                       META_STATS: json.dumps(shard_stats(table)).encode()})
             kill_point(f"generate.import:{i}")
     finally:
+        prep.shutdown(wait=True, cancel_futures=True)  # before the spill directory goes
         spill.close()
     target.dir.pull()
     missing = [name for name in names if not target.dir.is_committed(name, "generate")]

@@ -6,17 +6,19 @@ row, TRL's prompt-completion layout, standard or conversational). The files are 
 of about ``CHUNK_BYTES`` and parsed by Polars, never line by line in Python (a chunk holding a
 line that is not JSON is re-read line by line, to quarantine just that line).
 
-Three passes, each bounded by one chunk or one shard in memory:
+Three passes, each bounded by two chunks or one shard in memory:
 
 1. requests (openai-batch): each request is matched to a prompt of ``data.prompts`` (by
    ``custom_id`` when the prompt set has ids, else by its dialogue): a small index
    ``custom_id -> (prompt, sampling parameters)``;
-2. results (or the data file): every usable completion is appended to a spill file of the shard
-   its prompt belongs to (shard ``i`` holds prompts ``[i*P, (i+1)*P)``, as the other backends
-   write them), whatever the order of the lines; failed, unmatched, duplicate and missing
-   results are quarantined with their reason;
-3. per shard not yet committed: its spill is grouped per prompt, tokenized with the policy's
-   tokenizer (batch encode), log-probs aligned, and written like any generate shard.
+2. results (or the data file): every usable completion is tokenized with the policy's tokenizer
+   (batch encode), its log-probs aligned, and appended to a spill file of the shard its prompt
+   belongs to (shard ``i`` holds prompts ``[i*P, (i+1)*P)``, as the other backends write them),
+   whatever the order of the lines; failed, unmatched, duplicate and missing results are
+   quarantined with their reason. A worker thread tokenizes and spills chunk ``k`` while the
+   next chunk is parsed (both release the GIL), so two chunks are in memory at most;
+3. per shard not yet committed: its spill is grouped per prompt, joined with its prompts'
+   columns (tokenized on another thread during passes 1-2), and written like any generate shard.
 
 Every run makes all three decisions again from the files (cheap next to tokenizing), so a run
 resumed after a crash writes exactly the shards an uninterrupted run would have.
@@ -27,7 +29,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,8 +80,9 @@ def result_schema(chat: bool = True, completions: bool = True) -> dict[str, Any]
     body = pl.Struct({"model": pl.String, "choices": pl.List(pl.Struct(choice)), "error": pl.Struct({"message": pl.String})})
     return {"custom_id": pl.String, "response": pl.Struct({"status_code": pl.Int64, "body": body}), "error": pl.String}
 
-# One usable completion, as spilled between passes 2 and 3.
-SPILL_COLUMNS = ["prompt_idx", "order", "choice", "response", "finish_reason", "lp_tokens", "lp_values", "model",
+# One usable completion, as spilled between passes 2 and 3 (``ids``, ``lp``, ``lp_state``: see
+# import_rows.tokenize_completions; passes 2's frames carry ``lp_tokens``/``lp_values`` instead).
+SPILL_COLUMNS = ["prompt_idx", "order", "choice", "response", "finish_reason", "ids", "lp", "lp_state", "model",
                  "temperature", "top_p", "max_new_tokens", "seed"]
 
 
@@ -320,27 +324,44 @@ class Scan:
 
 class Spill:
     """Completions appended per shard, as Arrow IPC pieces under a temporary directory that
-    ``StageDir.prepare`` removes if its writer died (a crash leaves nothing behind)."""
+    ``StageDir.prepare`` removes if its writer died (a crash leaves nothing behind). ``prepare``
+    (tokenizing) and the writes run on one worker thread, one chunk at a time, in order."""
 
-    def __init__(self, root: Path, per: int, wanted: set[int]):
+    def __init__(self, root: Path, per: int, wanted: set[int], prepare: Callable[[pl.DataFrame], pl.DataFrame]):
         self.dir = root / tmp_name("import-spill")
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.per, self.wanted, self.n = per, wanted, 0
+        self.per, self.wanted, self.n, self.prepare = per, wanted, 0, prepare
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="import-spill")
+        self._pending: Future[None] | None = None
 
     def add(self, df: pl.DataFrame) -> None:
         if not df.height:
             return
-        df = df.with_columns(_shard=pl.col("prompt_idx") // self.per).filter(pl.col("_shard").is_in(list(self.wanted)))
+        df = df.filter((pl.col("prompt_idx") // self.per).is_in(list(self.wanted)))
+        if not df.height:
+            return
+        self.wait()  # one chunk in flight: memory stays at two chunks
+        self._pending = self._pool.submit(self._write, df)
+
+    def _write(self, df: pl.DataFrame) -> None:
+        df = self.prepare(df).with_columns(_shard=pl.col("prompt_idx") // self.per)
         for (shard,), part in df.partition_by("_shard", as_dict=True).items():
-            part.drop("_shard").select(SPILL_COLUMNS).write_ipc(self.dir / f"{int(shard):05d}-{self.n:06d}.arrow")
+            part.select(SPILL_COLUMNS).write_ipc(self.dir / f"{int(shard):05d}-{self.n:06d}.arrow")
             self.n += 1
+
+    def wait(self) -> None:
+        """Until the chunk in flight is spilled (its error, if any, raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def read(self, shard: int) -> pl.DataFrame | None:
         pieces = sorted(self.dir.glob(f"{shard:05d}-*.arrow"))
         return pl.concat([pl.read_ipc(p) for p in pieces]) if pieces else None
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)  # a write in flight must not land in a removed directory
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -365,6 +386,7 @@ def scan(p: Pipeline, gc: GenerateConfig, tok: PolicyTokenizer, spill: Spill) ->
         _scan_batch(p.input(ic.requests), p.input(ic.results), gc, index, spill, sc)
     else:
         _scan_rows(p.input(ic.results), gc, index, spill, sc)
+    spill.wait()
     return sc
 
 
