@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = "docs/data/replication.parquet"
 
 
-def rendered_matches(doc: Path, results: Path, data_name: str) -> bool:
+def rendered_matches(doc: Path, results: Path, data_name: str, prefix: str = "") -> bool:
     rows, cmp, meta = read_results(results)
     text = doc.read_text(encoding="utf-8")
-    return report.replace_block(text, report.doc_block(data_name, rows, cmp, meta)) == text
+    return report.replace_block(text, report.doc_block(data_name, rows, cmp, meta, prefix=prefix)) == text
+
+
+def _doc_script():
+    spec = importlib.util.spec_from_file_location("replication_doc", ROOT / "experiments" / "replication_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_doc_block_round_trip_and_a_changed_number_is_caught(tmp_path):
@@ -43,3 +52,15 @@ def test_replication_doc_is_rendered_from_the_committed_data():
         pytest.skip(f"{DATA} is not committed yet: `make replicate` writes it and re-renders the doc")
     assert rendered_matches(ROOT / "docs" / "replication.md", ROOT / DATA, DATA), (
         f"docs/replication.md's generated block differs from {DATA}; run python experiments/replication_doc.py")
+
+
+def test_real_replication_doc_is_rendered_from_the_committed_data():
+    script = _doc_script()
+    doc, data, prefix = script.DOCS["real"]
+    if not (ROOT / data).is_file():
+        pytest.skip(f"{data} is not committed yet: `make replicate-real` writes it and re-renders the doc")
+    assert rendered_matches(ROOT / doc, ROOT / data, data, prefix), (
+        f"{doc}'s generated block differs from {data}; run python experiments/replication_doc.py real")
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    assert report.replace_block(text, script.breakdown_block(data)) == text, (
+        f"{doc}'s answers-by-kind block differs from {data}; run python experiments/replication_doc.py real")

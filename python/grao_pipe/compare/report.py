@@ -251,13 +251,14 @@ DOC_END = "<!-- generated: end -->"
 
 
 def doc_block(data: str, rows: list[dict[str, Any]], cmp: CompareConfig, meta: dict[str, Any],
-              img: str = "img") -> str:
+              img: str = "img", prefix: str = "") -> str:
     """The generated block of a document: provenance, wall time and load, the tables, the plots
-    (``img/compare_<metric>.png``), all from the results file ``data`` (a path as the doc names it)."""
+    (``img/<prefix>compare_<metric>.png``), all from the results file ``data`` (a path as the doc
+    names it)."""
     commits = sorted({r["commit"] or "unknown" for r in rows})
     versions = sorted({r["versions"] for r in rows})
     s = summarise(rows, cmp)
-    plots = [f"![{LABELS[m]} per seed]({img}/compare_{m}.png)" for m in _metrics(cmp)]
+    plots = [f"![{LABELS[m]} per seed]({img}/{prefix}compare_{m}.png)" for m in _metrics(cmp)]
     return "\n".join([DOC_BEGIN.format(data=data),
                       f"Data: `{data}` ({len(rows)} per-prompt rows), commit {', '.join(commits)}; packages {'; '.join(versions)}.",
                       f"{_run_line(meta)}", "", markdown(s), *plots, DOC_END])
@@ -272,8 +273,9 @@ def replace_block(text: str, block: str) -> str:
     return head + block + rest.split(DOC_END, 1)[1]
 
 
-def write_doc(doc: Path, results: Path, data_name: str) -> None:
-    """Re-render ``doc``'s generated block and its plots (beside it, in img/) from ``results``."""
+def write_doc(doc: Path, results: Path, data_name: str, prefix: str = "") -> None:
+    """Re-render ``doc``'s generated block and its plots (beside it, in img/, named with
+    ``prefix`` so that two documents' plots do not collide) from ``results``."""
     from grao_pipe.compare.run import read_results
 
     rows, cmp, meta = read_results(results)
@@ -281,5 +283,6 @@ def write_doc(doc: Path, results: Path, data_name: str) -> None:
     img.mkdir(exist_ok=True)
     s = summarise(rows, cmp)
     for m in _metrics(cmp):
-        plot(s, m, img / f"compare_{m}.png")
-    doc.write_text(replace_block(doc.read_text(encoding="utf-8"), doc_block(data_name, rows, cmp, meta)), encoding="utf-8")
+        plot(s, m, img / f"{prefix}compare_{m}.png")
+    block = doc_block(data_name, rows, cmp, meta, prefix=prefix)
+    doc.write_text(replace_block(doc.read_text(encoding="utf-8"), block), encoding="utf-8")

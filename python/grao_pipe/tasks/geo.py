@@ -23,6 +23,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 from grao_pipe.tasks.capitals import CAPITALS, _fold
 
@@ -241,6 +242,31 @@ def make_rows(seed: int = 0) -> dict[str, list[dict[str, str]]]:
         random.Random(seed + 1).shuffle(rows)
         out[split] = rows
     return out
+
+
+def breakdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of a compare's test answers by question kind: the share of right answers
+    (mean over seeds of each seed's share) of the starting policy, the references and each
+    variant. ``rows``: ``results.parquet``'s rows (prompt, reference, answer, base_answer)."""
+    test = [r for r in rows if r["split"] == "test"]
+    variants = list(dict.fromkeys(r["variant"] for r in test))
+    kinds = list(QUESTIONS)
+
+    def share(pick: list[dict[str, Any]], text: str) -> dict[str, float]:
+        by: dict[str, dict[int, list[bool]]] = {k: {} for k in kinds}
+        for r in pick:
+            kind, country = ask(r["prompt"])
+            by[kind].setdefault(r["seed"], []).append(right(kind, country, r[text] or ""))
+        return {k: sum(sum(v) / len(v) for v in seeds.values()) / len(seeds) for k, seeds in by.items() if seeds}
+
+    first = [r for r in test if r["variant"] == variants[0]]
+    lines = ["| answers | " + " | ".join(f"{k} (n={sum(ask(r['prompt'])[0] == k for r in first) // len({r['seed'] for r in first})})"
+                                         for k in kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for label, pick, text in [("starting policy", first, "base_answer"), ("references", first, "reference"),
+                              *((v, [r for r in test if r["variant"] == v], "answer") for v in variants)]:
+        sh = share(pick, text)
+        lines.append(f"| {label} | " + " | ".join(f"{sh[k]:.3f}" for k in kinds) + " |")
+    return "\n".join(lines)
 
 
 def write_files(directory: Path, seed: int = 0) -> None:
