@@ -108,10 +108,10 @@ replicate-real: setup
 	mkdir -p docs/data && cp runs/replicate-real/workdir/compare/results.parquet docs/data/replication-real.parquet
 	$(BIN)/python experiments/replication_doc.py real
 
-# The same code paths (1 test seed, 16 training and 40 test prompts): a smoke run, not evidence
+# The same code paths (1 test seed, 8 training prompts: one step, 40 test prompts): a smoke run, not evidence
 replicate-real-quick: setup
 	$(BIN)/grao-pipe compare -c experiments/smollm2.yaml workdir=runs/replicate-real-quick/workdir \
-		"compare.seeds=[0]" data.limit=16 eval.limit=40
+		"compare.seeds=[0]" data.limit=8 eval.limit=40
 
 # grao-pipe compare on the embedded tiny model: 2 variants x 2 seeds (docs/compare.md)
 compare-demo: setup
