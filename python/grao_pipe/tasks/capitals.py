@@ -179,13 +179,17 @@ def country_of(prompt: str) -> str:
 
 def right(country: str, answer: str) -> bool:
     """Does ``answer`` name the country's capital (and no other city of the table before it)?"""
-    text = _fold(answer)
-    found = _RIGHT[country].search(text)
+    return named_first(_fold(answer), _RIGHT[country], _ANY_CITY)
+
+
+def named_first(text: str, right: re.Pattern[str], any_named: re.Pattern[str]) -> bool:
+    """``right`` is named in ``text``, and no other name of its kind before it ("Sydney, not
+    Canberra" is a wrong answer)."""
+    found = right.search(text)
     if found is None:
         return False
-    first = _ANY_CITY.search(text)
-    # Another city named first ("Sydney, not Canberra") is a wrong answer.
-    return first is None or first.start() >= found.start() or _RIGHT[country].match(text, first.start()) is not None
+    first = any_named.search(text)
+    return first is None or first.start() >= found.start() or right.match(text, first.start()) is not None
 
 
 def score(prompt: str, response: str, reference: str) -> float:

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from grao_pipe.tasks.capitals import CAPITALS, _fold
+from grao_pipe.tasks.capitals import CAPITALS, _fold, named_first
 
 # country -> (capital, accepted spellings, a plausible wrong city); names that are not substrings
 # of another country's name (no Guinea beside Papua New Guinea, no South Sudan beside Sudan).
@@ -149,15 +149,6 @@ _CONTINENT = {k: _pattern((k, *(a.removeprefix("the ") for a in CONTINENT_ALIASE
 _CAPITAL_OF = {cap: c for c, (cap, _, _) in COUNTRIES.items()}
 
 
-def _first_is_right(text: str, right: re.Pattern[str], any_named: re.Pattern[str]) -> bool:
-    """``right`` is named, and no other name of the kind is named before it."""
-    found = right.search(text)
-    if found is None:
-        return False
-    first = any_named.search(text)
-    return first is None or first.start() >= found.start() or right.match(text, first.start()) is not None
-
-
 def ask(prompt: str) -> tuple[str, str]:
     """(question kind, country) of a prompt (rendered with any chat template)."""
     for kind, pattern in _ASKED.items():
@@ -175,13 +166,14 @@ def right(kind: str, country: str, answer: str) -> bool:
     """Is ``answer`` right for the question ``kind`` about ``country``?"""
     text = _fold(answer)
     if kind == "capital":
-        return _first_is_right(text, _CITY[country], _ANY_CITY)
+        return named_first(text, _CITY[country], _ANY_CITY)
     if kind == "country":
         # City names are not country names ("Mexico City is the capital of Nicaragua" names no Mexico).
-        return _first_is_right(_ANY_CITY.sub("#", text), _COUNTRY[country], _ANY_COUNTRY)
+        return named_first(_ANY_CITY.sub("#", text), _COUNTRY[country], _ANY_COUNTRY)
     accepted = CONTINENTS[country]
-    hits = [m.start() for k in CONTINENT_NAMES for m in [_CONTINENT[k].search(text)] if m is not None and k in accepted]
-    others = [m.start() for k in CONTINENT_NAMES for m in [_CONTINENT[k].search(text)] if m is not None and k not in accepted]
+    first = {k: m.start() for k in CONTINENT_NAMES if (m := _CONTINENT[k].search(text)) is not None}
+    hits = [i for k, i in first.items() if k in accepted]
+    others = [i for k, i in first.items() if k not in accepted]
     return bool(hits) and (not others or min(others) > min(hits))
 
 
